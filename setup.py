@@ -1,10 +1,16 @@
 """ament_python packaging for ovseg_ros (also installable with plain pip)."""
 
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 PACKAGE = "ovseg_ros"
+PIP_ONLY_REQUIREMENTS = [
+    line.split("#")[0].strip()
+    for line in (Path(__file__).resolve().parent / "requirements.txt").read_text().splitlines()
+    if line.split("#")[0].strip()
+]
 
 setup(
     name=PACKAGE,
@@ -17,21 +23,12 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
     ],
     python_requires=">=3.10",
-    install_requires=[
-        "setuptools",
-        "numpy",
-        "pyyaml",
-        "pillow",
-        "safetensors",
-        "torch",
-        "torchvision",
-        "open_clip_torch",
-        "timm",
-        "rosbags",
-    ],
+    # numpy, pyyaml and pillow have rosdep keys (package.xml); the pip-only rest is listed once,
+    # in requirements.txt, which a ROS install feeds to pip on its own (README, robot section).
+    install_requires=["setuptools", "numpy", "pyyaml", "pillow", *PIP_ONLY_REQUIREMENTS],
     extras_require={
         "test": [
             "pytest",
@@ -41,7 +38,11 @@ setup(
             "tqdm",
             "scipy",
             "opencv-python-headless",
+            "colcon-common-extensions",  # test_colcon_build builds the package as a robot does
         ],
+        # Fleet mode on Ray. Ray core starts a local cluster and joins a running one; the
+        # dashboard ("ray[default]", 100 MB more) belongs on the cluster's head node.
+        "fleet": ["ray"],
         # ROS 2 Jazzy core from PyPI, for machines without a ROS install (CI, laptops).
         "ros-pip": [
             "ros-jazzy-rclpy[fastrtps]",
@@ -60,12 +61,12 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "segment_node = ovseg_ros.segment_node:main",
-            "download_weights = ovseg_ros.segmentation.weights:main",
-            "ovseg-download-weights = ovseg_ros.segmentation.weights:main",
-            "ovseg-replay = ovseg_ros.replay:main",
-            "ovseg-evaluate = ovseg_ros.evaluate:main",
-            "ovseg-bench = ovseg_ros.segmentation.bench:main",
+            "segment_node = ovseg_ros.ros.main:main",
+            "download_weights = ovseg_ros.tools.download_weights:main",
+            "ovseg-replay = ovseg_ros.tools.replay:main",
+            "ovseg-evaluate = ovseg_ros.tools.evaluate:main",
+            "ovseg-bench = ovseg_ros.tools.bench:main",
+            "ovseg-demo = ovseg_ros.tools.demo:main",
         ],
     },
 )

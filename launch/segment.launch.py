@@ -3,12 +3,14 @@
     ros2 launch ovseg_ros segment.launch.py image:=/camera/color/image_raw
     ros2 launch ovseg_ros segment.launch.py classes:="['floor', 'person', 'door']" device:=cuda
 
-Arguments left empty (method, classes, device, preset) come from the params file
-(config/segment.yaml by default). ``image/compressed`` is remapped to ``<image>/compressed``,
-the image_transport convention.
+Arguments left empty (method, classes, device, preset, image_transport) come from the params
+file (config/segment.yaml by default). With ``image_transport:=compressed`` the node subscribes
+``<image>/compressed`` only (the image_transport convention; it resolves the remapped name).
 """
 
 from __future__ import annotations
+
+import os
 
 import yaml
 from launch import LaunchContext, LaunchDescription
@@ -27,7 +29,14 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "image",
             default_value="/camera/color/image_raw",
-            description="Input sensor_msgs/Image topic (its /compressed sibling is used too).",
+            description="Input sensor_msgs/Image topic (with image_transport:=compressed, its "
+            "/compressed sibling is subscribed instead).",
+        ),
+        DeclareLaunchArgument(
+            "image_transport",
+            default_value="",
+            description="raw (subscribe image) or compressed (image/compressed only); "
+            "empty: from params_file (raw).",
         ),
         DeclareLaunchArgument(
             "method",
@@ -63,6 +72,13 @@ def generate_launch_description() -> LaunchDescription:
             default_value="false",
             description="Use /clock (true when playing a rosbag with --clock).",
         ),
+        DeclareLaunchArgument(
+            "dds_profile",
+            default_value="",
+            description="Fast DDS profile for the node: large_images (config/"
+            "fastdds_large_images.xml, camera frames over shared memory; the camera driver needs "
+            "it too, see the README's 'Large images and DDS') or an XML path; empty: none.",
+        ),
     ]
     return LaunchDescription([*arguments, OpaqueFunction(function=_segment_node)])
 
@@ -74,7 +90,7 @@ def _segment_node(context: LaunchContext, *args, **kwargs) -> list[Node]:
         return LaunchConfiguration(name).perform(context).strip()
 
     overrides: dict[str, object] = {}
-    for name in ("method", "device", "preset"):
+    for name in ("method", "device", "preset", "image_transport"):
         if value(name):
             overrides[name] = value(name)
     if value("classes"):
@@ -94,11 +110,24 @@ def _segment_node(context: LaunchContext, *args, **kwargs) -> list[Node]:
             name=value("node_name"),
             namespace=value("namespace"),
             parameters=[value("params_file"), overrides],  # later entries win
-            remappings=[("image", image), ("image/compressed", f"{image}/compressed")],
+            remappings=[("image", image)],
             output="screen",
             emulate_tty=True,
+            additional_env=_dds_env(value("dds_profile"), context),
         )
     ]
+
+
+def _dds_env(profile: str, context: LaunchContext) -> dict[str, str]:
+    """The Fast DDS profile variables (2.x reads FASTRTPS_, 3.x FASTDDS_) for the node."""
+    if not profile:
+        return {}
+    if profile == "large_images":
+        share = FindPackageShare("ovseg_ros").perform(context)
+        profile = f"{share}/config/fastdds_large_images.xml"
+    if not os.path.isfile(profile):
+        raise ValueError(f"dds_profile: no such file {profile!r} (large_images or an XML path)")
+    return {"FASTRTPS_DEFAULT_PROFILES_FILE": profile, "FASTDDS_DEFAULT_PROFILES_FILE": profile}
 
 
 def _parse_classes(text: str) -> list[str]:

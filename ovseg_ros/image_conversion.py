@@ -1,20 +1,33 @@
 """sensor_msgs/Image and CompressedImage payloads <-> numpy, without cv_bridge or ROS.
 
 The pip-installed ROS 2 has no ``cv_bridge``, so the node converts the common camera encodings
-itself. Everything here works on the message *fields* (encoding, height, width, step, data), so
-it is testable without ROS and shared by the node and the offline tools.
+itself (Bayer mosaics with OpenCV). Everything here works on the message *fields* (encoding,
+height, width, step, data), so it is testable without ROS and shared by the node and the
+offline tools. :func:`message_to_rgb` adds ``cv_bridge``, where it imports cleanly, for the
+encodings we do not know.
 
 Every malformed input raises :class:`ImageConversionError` (a ``ValueError``) with a message
-that says what is wrong; a camera driver bug must never crash the node.
+that says what is wrong and a short ``kind`` (:data:`ERROR_KINDS`), so a caller can count and
+throttle warnings per kind of problem; a camera driver bug must never crash the node. Frames
+above ``max_pixels`` (default :data:`MAX_IMAGE_PIXELS`, 8K) are refused before any pixel is
+touched: raw frames by their declared size, compressed ones by their header
+(:mod:`ovseg_ros.image_header`), before the decoder allocates anything.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any
 
 import numpy as np
 
+from ovseg_ros.image_header import HeaderError, HeaderTooLargeError, compressed_image_size
+
+_LOG = logging.getLogger("ovseg_ros.image_conversion")
+
 MAX_IMAGE_SIDE = 16384  # larger is a corrupt header, not a camera
+MAX_IMAGE_PIXELS = 7680 * 4320  # 8K UHD: the default limit on the pixels of an input frame
 
 # encoding -> (channels, bytes per channel, channel order of the result before RGB conversion)
 _RAW_LAYOUTS: dict[str, tuple[int, int, str]] = {
@@ -40,7 +53,14 @@ _YUV_LAYOUTS: dict[str, str] = {
     "yuv422_yuy2": "yuyv",
     "yuyv": "yuyv",
 }
-SUPPORTED_ENCODINGS: tuple[str, ...] = (*_RAW_LAYOUTS, *_YUV_LAYOUTS)
+# Bayer mosaic -> (OpenCV conversion name, bytes per sample). OpenCV names a pattern by the
+# second row's 2nd and 3rd pixels, so ROS's RGGB (first row R G) is OpenCV's "BG".
+_BAYER_LAYOUTS: dict[str, tuple[str, int]] = {
+    f"bayer_{pattern}{bits}": (f"COLOR_Bayer{opencv}2RGB", bits // 8)
+    for pattern, opencv in (("rggb", "BG"), ("bggr", "RG"), ("gbrg", "GR"), ("grbg", "GB"))
+    for bits in (8, 16)
+}
+SUPPORTED_ENCODINGS: tuple[str, ...] = (*_RAW_LAYOUTS, *_YUV_LAYOUTS, *_BAYER_LAYOUTS)
 _COMPRESSED_KINDS = ("jpeg", "jpg", "png", "webp", "bmp", "tiff", "tif")
 
 # array_to_image_fields: encoding -> (dtype, channels)
@@ -52,8 +72,39 @@ _OUTPUT_LAYOUTS: dict[str, tuple[np.dtype, int]] = {
 }
 
 
+# ImageConversionError.kind: what is wrong, in one word.
+ERROR_KINDS: tuple[str, ...] = (
+    "encoding",  # unsupported encoding or compressed format (or one needing a missing library)
+    "size",  # zero or impossible width / height (odd YUV width, Bayer below 2x2)
+    "limit",  # more pixels than allowed (max_pixels)
+    "step",  # row stride smaller than a row
+    "data",  # too few bytes for the declared size, or not a byte buffer
+    "decode",  # corrupt or truncated compressed data
+    "output",  # an array that cannot be written in the requested output encoding
+)
+
+
 class ImageConversionError(ValueError):
-    """The message cannot be turned into an image (unsupported encoding, bad sizes, corrupt)."""
+    """The message cannot be turned into an image (unsupported encoding, bad sizes, corrupt).
+
+    ``kind`` is one of :data:`ERROR_KINDS`.
+    """
+
+    def __init__(self, message: str, kind: str = "data") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class ImageTooLargeError(ImageConversionError):
+    """More pixels than ``max_pixels``, found before decoding (``kind`` ``"limit"``)."""
+
+    def __init__(self, width: int, height: int, max_pixels: int, what: str = "image") -> None:
+        super().__init__(
+            f"{what} is {width}x{height} = {width * height} pixels, above the limit of "
+            f"{max_pixels} (max_image_pixels; 8K is {MAX_IMAGE_PIXELS}); refused before decoding",
+            kind="limit",
+        )
+        self.width, self.height, self.max_pixels = width, height, max_pixels
 
 
 def image_to_rgb(
@@ -63,41 +114,51 @@ def image_to_rgb(
     step: int,
     data: Any,
     is_bigendian: int | bool = 0,
+    *,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
     """Convert the fields of a ``sensor_msgs/Image`` to a new ``uint8 [H, W, 3]`` RGB array.
 
     16-bit encodings are scaled linearly to 8 bit (0 -> 0, 65535 -> 255). Row padding
     (``step > width * bytes_per_pixel``) is skipped; trailing bytes after the last row are
     ignored. ``data`` may be ``bytes``, ``array.array('B')`` (what rclpy delivers), a
-    ``memoryview`` or a numpy array.
+    ``memoryview`` or a numpy array. More than ``max_pixels`` pixels (``None``: no limit but
+    :data:`MAX_IMAGE_SIDE`) raise :class:`ImageTooLargeError` before ``data`` is read.
     """
     if encoding in _YUV_LAYOUTS:
         bytes_per_pixel = 2
+    elif encoding in _BAYER_LAYOUTS:
+        bytes_per_pixel = _BAYER_LAYOUTS[encoding][1]
     elif encoding in _RAW_LAYOUTS:
         channels, depth, _ = _RAW_LAYOUTS[encoding]
         bytes_per_pixel = channels * depth
     else:
         raise ImageConversionError(
-            f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}"
+            f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}",
+            kind="encoding",
         )
     height, width, step = int(height), int(width), int(step)
-    _check_size(height, width)
+    _check_size(height, width, max_pixels)
     row_bytes = width * bytes_per_pixel
     if step < row_bytes:
         raise ImageConversionError(
             f"step {step} is smaller than width * bytes per pixel = {width} * {bytes_per_pixel}"
-            f" = {row_bytes} for {encoding}"
+            f" = {row_bytes} for {encoding}",
+            kind="step",
         )
     buffer = _as_bytes(data)
     if buffer.size < step * height:
         raise ImageConversionError(
             f"data has {buffer.size} bytes, expected step * height = {step} * {height}"
-            f" = {step * height} for a {width}x{height} {encoding} image"
+            f" = {step * height} for a {width}x{height} {encoding} image",
+            kind="data",
         )
     rows = buffer[: step * height].reshape(height, step)[:, :row_bytes]
 
     if encoding in _YUV_LAYOUTS:
         return _yuv422_to_rgb(np.ascontiguousarray(rows), height, width, _YUV_LAYOUTS[encoding])
+    if encoding in _BAYER_LAYOUTS:
+        return _bayer_to_rgb(np.ascontiguousarray(rows), height, width, encoding, is_bigendian)
 
     if depth == 2:
         dtype = np.dtype(">u2" if is_bigendian else "<u2")
@@ -116,34 +177,115 @@ def image_to_rgb(
     return np.array(pixels, dtype=np.uint8, order="C", copy=True)
 
 
-def compressed_to_rgb(format: str, data: Any) -> np.ndarray:  # noqa: A002
+def message_to_rgb(
+    msg: Any, compressed: bool, *, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> np.ndarray:
+    """``uint8 [H, W, 3]`` RGB from an Image or CompressedImage message (rclpy or rosbags).
+
+    Our converter first (so the node and ``ovseg-replay`` decode identically); ``cv_bridge``,
+    where it imports cleanly, for encodings we do not know. Frames above ``max_pixels`` are
+    refused before decoding (:class:`ImageTooLargeError`).
+    """
+    if compressed:
+        return compressed_to_rgb(msg.format, msg.data, max_pixels=max_pixels)
+    try:
+        return image_to_rgb(
+            msg.encoding,
+            msg.height,
+            msg.width,
+            msg.step,
+            msg.data,
+            msg.is_bigendian,
+            max_pixels=max_pixels,
+        )
+    except ImageConversionError:
+        if msg.encoding in SUPPORTED_ENCODINGS:
+            raise  # a malformed frame
+        bridge = cv_bridge()
+        if bridge is None:
+            raise
+    _check_size(int(msg.height), int(msg.width), max_pixels)
+    try:
+        rgb = np.asarray(bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
+    except Exception as exc:  # noqa: BLE001 - cv_bridge raises several types
+        raise ImageConversionError(
+            f"cv_bridge cannot convert {msg.encoding!r}: {exc}", kind="encoding"
+        ) from exc
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
+        raise ImageConversionError(
+            f"cv_bridge gave {rgb.dtype} {rgb.shape} for {msg.encoding!r}", kind="encoding"
+        )
+    return rgb
+
+
+def load_cv_bridge() -> Any | None:
+    """A ``CvBridge``, or None (with one warning) when cv_bridge is missing or broken.
+
+    Any exception counts as broken, not only ImportError: a cv_bridge built against NumPy 1
+    raises ``AttributeError: _ARRAY_API not found`` under NumPy 2.
+    """
+    try:
+        from cv_bridge import CvBridge
+
+        return CvBridge()
+    except ImportError:
+        return None  # pip-only ROS: nothing to warn about
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        _LOG.warning(
+            "cv_bridge is installed but fails to load (%s: %s); using ovseg_ros's own converter "
+            "(%s)",
+            type(exc).__name__,
+            exc,
+            ", ".join(SUPPORTED_ENCODINGS),
+        )
+        return None
+
+
+@functools.cache
+def cv_bridge() -> Any | None:
+    """:func:`load_cv_bridge`, once per process (loaded on the first unknown encoding)."""
+    return load_cv_bridge()
+
+
+def compressed_to_rgb(
+    format: str,  # noqa: A002 - the message field's name
+    data: Any,
+    *,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+) -> np.ndarray:
     """Decode a ``sensor_msgs/CompressedImage`` (JPEG, PNG, ...) to ``uint8 [H, W, 3]`` RGB.
 
     ``format`` is the message's field as image_transport writes it: ``"jpeg"``, ``"png"``, or
     ``"rgb8; jpeg compressed bgr8"``. The decoder reads the actual file type from the bytes;
     the format is only checked to refuse what is not a color image (``compressedDepth``,
-    video codecs).
+    video codecs). The size is read from the header first: more than ``max_pixels`` raises
+    :class:`ImageTooLargeError` and an unreadable header an ``ImageConversionError``, both
+    without decoding.
     """
     kind = (format or "").strip().lower()
     if "compresseddepth" in kind:
         raise ImageConversionError(
             f"compressed format {format!r} is a compressedDepth (depth) image, which cannot be"
-            " segmented; subscribe to a color image topic instead"
+            " segmented; subscribe to a color image topic instead",
+            kind="encoding",
         )
     if kind and not any(name in kind for name in _COMPRESSED_KINDS):
         raise ImageConversionError(
-            f"unsupported compressed format {format!r}; supported: jpeg, png (and webp, bmp, tiff)"
+            f"unsupported compressed format {format!r}; supported: jpeg, png (and webp, bmp, tiff)",
+            kind="encoding",
         )
     buffer = _as_bytes(data)
     if buffer.size == 0:
-        raise ImageConversionError("compressed image has no data")
+        raise ImageConversionError("compressed image has no data", kind="data")
+    _check_header(buffer, format, max_pixels)
     rgb = _decode(buffer)
     if rgb is None:
         raise ImageConversionError(
             f"cannot decode {buffer.size} bytes of compressed image data (format {format!r}):"
-            " corrupt or truncated"
+            " corrupt or truncated",
+            kind="decode",
         )
-    _check_size(rgb.shape[0], rgb.shape[1])
+    _check_size(rgb.shape[0], rgb.shape[1], max_pixels)  # in case a decoder disagrees
     return rgb
 
 
@@ -156,16 +298,21 @@ def array_to_image_fields(array: np.ndarray, encoding: str) -> dict[str, Any]:
     """
     if encoding not in _OUTPUT_LAYOUTS:
         raise ImageConversionError(
-            f"cannot write encoding {encoding!r}; supported: {', '.join(_OUTPUT_LAYOUTS)}"
+            f"cannot write encoding {encoding!r}; supported: {', '.join(_OUTPUT_LAYOUTS)}",
+            kind="output",
         )
     dtype, channels = _OUTPUT_LAYOUTS[encoding]
     array = np.asarray(array)
     expected_ndim = 2 if channels == 1 else 3
     if array.ndim != expected_ndim or (channels > 1 and array.shape[2] != channels):
         shape = "[H, W]" if channels == 1 else f"[H, W, {channels}]"
-        raise ImageConversionError(f"{encoding} needs an array of shape {shape}, got {array.shape}")
+        raise ImageConversionError(
+            f"{encoding} needs an array of shape {shape}, got {array.shape}", kind="output"
+        )
     if array.dtype.kind != dtype.kind or array.dtype.itemsize != dtype.itemsize:
-        raise ImageConversionError(f"{encoding} needs dtype {dtype.name}, got {array.dtype}")
+        raise ImageConversionError(
+            f"{encoding} needs dtype {dtype.name}, got {array.dtype}", kind="output"
+        )
     height, width = array.shape[:2]
     contiguous = np.ascontiguousarray(array, dtype=dtype)  # also fixes the byte order
     return {
@@ -181,13 +328,35 @@ def array_to_image_fields(array: np.ndarray, encoding: str) -> dict[str, Any]:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _check_size(height: int, width: int) -> None:
+def _check_size(height: int, width: int, max_pixels: int | None, what: str = "image") -> None:
     if height <= 0 or width <= 0:
-        raise ImageConversionError(f"image has zero size: {width}x{height}")
+        raise ImageConversionError(f"{what} has zero size: {width}x{height}", kind="size")
     if height > MAX_IMAGE_SIDE or width > MAX_IMAGE_SIDE:
         raise ImageConversionError(
-            f"image size {width}x{height} exceeds {MAX_IMAGE_SIDE} px per side (corrupt header?)"
+            f"{what} size {width}x{height} exceeds {MAX_IMAGE_SIDE} px per side (corrupt header?)",
+            kind="size",
         )
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(width, height, max_pixels, what)
+
+
+def _check_header(buffer: np.ndarray, format: str, max_pixels: int | None) -> None:  # noqa: A002
+    """Refuse by the size the header declares, before the decoder allocates the frame."""
+    try:
+        size = compressed_image_size(buffer)
+    except HeaderTooLargeError as exc:
+        raise ImageConversionError(f"compressed image is too large: {exc}", kind="limit") from None
+    except HeaderError as exc:
+        raise ImageConversionError(
+            f"corrupt compressed image header (format {format!r}): {exc}", kind="decode"
+        ) from None
+    if size is None:
+        raise ImageConversionError(
+            f"cannot read the size of {buffer.size} bytes of compressed image data (format "
+            f"{format!r}) from a header: not JPEG, PNG, WebP or another format Pillow knows",
+            kind="decode",
+        )
+    _check_size(size[1], size[0], max_pixels, what="compressed image")
 
 
 def _as_bytes(data: Any) -> np.ndarray:
@@ -201,13 +370,13 @@ def _as_bytes(data: Any) -> np.ndarray:
     try:
         return np.asarray(data, dtype=np.uint8).reshape(-1)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ImageConversionError(f"image data is not a byte buffer: {exc}") from exc
+        raise ImageConversionError(f"image data is not a byte buffer: {exc}", kind="data") from exc
 
 
 def _yuv422_to_rgb(rows: np.ndarray, height: int, width: int, layout: str) -> np.ndarray:
     """Packed 4:2:2 (UYVY or YUYV) to RGB with BT.601 limited-range coefficients."""
     if width % 2:
-        raise ImageConversionError(f"4:2:2 YUV images need an even width, got {width}")
+        raise ImageConversionError(f"4:2:2 YUV images need an even width, got {width}", kind="size")
     pairs = rows.reshape(height, width // 2, 4).astype(np.float32)
     if layout == "uyvy":
         u, y0, v, y1 = pairs[..., 0], pairs[..., 1], pairs[..., 2], pairs[..., 3]
@@ -220,6 +389,32 @@ def _yuv422_to_rgb(rows: np.ndarray, height: int, width: int, layout: str) -> np
     c = 1.164 * np.maximum(luma - 16.0, 0.0)
     rgb = np.stack([c + 1.596 * v, c - 0.391 * u - 0.813 * v, c + 2.018 * u], axis=-1)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def _bayer_to_rgb(
+    rows: np.ndarray, height: int, width: int, encoding: str, is_bigendian: int | bool
+) -> np.ndarray:
+    """Demosaic with OpenCV (edge-aware bilinear); 16-bit samples are scaled to 8 bit after."""
+    try:
+        import cv2
+    except ImportError:
+        raise ImageConversionError(
+            f"{encoding} needs OpenCV (pip install opencv-python-headless)", kind="encoding"
+        ) from None
+    code, depth = _BAYER_LAYOUTS[encoding]
+    if height < 2 or width < 2:
+        raise ImageConversionError(
+            f"a Bayer image needs at least 2x2 pixels, got {width}x{height}", kind="size"
+        )
+    if depth == 2:
+        mosaic = rows.view(">u2" if is_bigendian else "<u2").reshape(height, width)
+        mosaic = mosaic.astype(np.uint16)  # native byte order for OpenCV
+    else:
+        mosaic = rows.reshape(height, width)
+    rgb = cv2.cvtColor(mosaic, getattr(cv2, code))
+    if depth == 2:
+        rgb = ((rgb.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return np.ascontiguousarray(rgb)
 
 
 def _decode(buffer: np.ndarray) -> np.ndarray | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -38,9 +39,20 @@ def labels_image(labels: np.ndarray, num_entries: int) -> tuple[str, np.ndarray]
     raise ValueError(f"{num_entries} classes do not fit a mono16 label image (max 65536)")
 
 
-def vocabulary_json(vocab: Vocabulary) -> str:
-    """``{"version", "classes": [{"id", "name", "synonyms", "color"}]}`` as one JSON line."""
-    return json.dumps(vocab.to_json_dict(), ensure_ascii=False, separators=(",", ":"))
+def vocabulary_json(vocab: Vocabulary, valid_from: Mapping[str, int] | None = None) -> str:
+    """``{"version", "classes": [{"id", "name", "synonyms", "color"}], "valid_from"}``, one line.
+
+    ``valid_from`` maps a camera name (``""`` with one camera) to the header stamp, in
+    nanoseconds, of that camera's first frame labelled with this version; it is written as
+    ``{"sec", "nanosec"}``. Rule for subscribers: a label image from camera ``c`` with stamp
+    ``t`` belongs to the highest version whose ``valid_from[c] <= t``.
+    """
+    data = vocab.to_json_dict()
+    data["valid_from"] = {
+        camera: {"sec": stamp // 1_000_000_000, "nanosec": stamp % 1_000_000_000}
+        for camera, stamp in (valid_from or {}).items()
+    }
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 def confidence_topic_suffix(name: str) -> str:

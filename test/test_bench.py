@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from ovseg_ros.segmentation import bench
+from ovseg_ros.tools import bench, bench_measure
 
 STAGES = {
     "pearl": {"preprocess", "backbone", "attention", "stitch", "tlp", "postprocess", "total"},
@@ -84,14 +84,14 @@ def test_components_json_on_stdout(capsys):
 
 
 def test_synthetic_inputs_are_deterministic_and_distinct():
-    names = bench.synthetic_vocabulary(150)
+    names = bench_measure.synthetic_vocabulary(150)
     assert len(names) == 150 and len({n.casefold() for n in names}) == 150
     assert names[:2] == ["person", "bicycle"] and names[-1] == "object 149"
-    assert len(set(bench.OBJECT_NAMES)) == len(bench.OBJECT_NAMES)
+    assert len(set(bench_measure.OBJECT_NAMES)) == len(bench_measure.OBJECT_NAMES)
 
-    image = bench.synthetic_image(64, 48)
+    image = bench_measure.synthetic_image(64, 48)
     assert image.shape == (48, 64, 3) and image.dtype == np.uint8
-    assert np.array_equal(image, bench.synthetic_image(64, 48))
+    assert np.array_equal(image, bench_measure.synthetic_image(64, 48))
     assert image.std() > 10  # regions of different colours, not a flat frame
 
 
@@ -100,3 +100,20 @@ def test_bad_usage_exits_2(capsys):
     assert "unsupported device 'meta'" in capsys.readouterr().err
     assert bench.main(["--devices", "gpu0", "--preset", "tiny"]) == 2
     assert "invalid device 'gpu0'" in capsys.readouterr().err
+
+
+def test_params_file_gives_the_method_and_settings(tmp_path):
+    params = tmp_path / "segment.yaml"
+    params.write_text(
+        "robot:\n  ovseg:\n    ros__parameters:\n"
+        "      method: maskclip\n      preset: tiny\n      window_stride: 224\n"
+    )
+    path = tmp_path / "b.json"
+    argv = ["--params", str(params), "--quick", "--devices", "cpu", "--warmup", "0"]
+    assert bench.main([*argv, "--repeat", "1", "--json", str(path)]) == 0
+    (record,) = json.loads(path.read_text())["records"]
+    assert (record["method"], record["size"]) == ("maskclip", "640x480")
+    args = bench.build_parser().parse_args(argv)
+    bench._resolve_args(args)
+    config = bench._config(args, "maskclip", "cpu", "fp32")
+    assert (config.preset, config.window_stride) == ("tiny", 224)

@@ -305,3 +305,13 @@ def test_read_classnames_file_and_display_names(tmp_path):
     assert display_names(entries, background=True)[0] == "background"
     assert classnames_path("voc21").name == "voc21.txt"
     assert classnames_path("voc21", "lposs").name == "lposs_voc21.txt"
+
+
+def test_every_method_has_its_benchmark_class_lists():
+    from ovseg_ros.evaluation.datasets import VOCABULARIES
+    from ovseg_ros.segmentation.methods import METHOD_TABLE
+
+    assert {m.benchmark for m in METHOD_TABLE.values()} == set(VOCABULARIES)
+    for vocabulary in VOCABULARIES:
+        for key in DATASET_KEYS:
+            assert len(load_classnames(key, vocabulary)) == SPECS[key].num_classes

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ovseg_ros.segmentation import SegmenterConfig, build_vocabulary, dataset_preset, parse_entries
+from ovseg_ros.segmentation.config import FIELD_TYPES, REBUILD_FIELDS, field_specs
 from ovseg_ros.segmentation.geometry import (
     grid_to_window,
     rescaled_size,
@@ -11,6 +12,7 @@ from ovseg_ros.segmentation.geometry import (
     stitch_windows,
     window_boxes,
 )
+from ovseg_ros.segmentation.methods import METHODS, method_spec
 
 
 def test_defaults_follow_the_papers():
@@ -60,19 +62,100 @@ def test_unknown_keys_and_bad_values_are_errors():
         SegmenterConfig().replace(foo=1)
 
 
-def test_from_dict_coerces_ros_style_values(tmp_path):
+def test_from_dict_coerces_ros_style_values():
     cfg = SegmenterConfig.from_dict(
-        {"short_side": -1, "tlp": "", "logit_scale": 40, "use_kk": "false"}
+        {"short_side": -1, "tlp": "auto", "logit_scale": 40, "use_kk": "false", "lposs_k": 50.0}
     )
     assert cfg.short_side is None and cfg.tlp is None and cfg.use_kk is False
-    assert isinstance(cfg.logit_scale, float)
-    params = tmp_path / "p.yaml"
-    params.write_text(
-        "/**:\n  ros__parameters:\n    method: lposs\n    lposs_k: 50\n    qos_depth: 1\n"
+    assert isinstance(cfg.logit_scale, float) and cfg.lposs_k == 50
+    assert SegmenterConfig.from_dict({"clip_pretrained": ""}).clip_pretrained is None
+    assert SegmenterConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in ({"use_kk": 1}, {"lposs_k": "many"}, {"alpha_kk": True}, {"device": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SegmenterConfig.from_dict(bad)
+
+
+def test_field_specs_carry_type_range_and_rebuild_for_every_field():
+    specs = {spec.name: spec for spec in field_specs()}
+    assert tuple(specs) == SegmenterConfig.field_names()
+    assert all(spec.doc.endswith(".") and spec.type in FIELD_TYPES for spec in specs.values())
+    assert all(getattr(SegmenterConfig(), n) == s.default for n, s in specs.items())
+    method = specs["method"]
+    assert (method.type, method.choices, method.rebuild) == (str, METHODS, True)
+    assert (specs["short_side"].type, specs["short_side"].optional) == (int, True)
+    assert (specs["short_side"].unset, specs["tlp"].unset, specs["clip_pretrained"].unset) == (
+        -1,
+        "auto",
+        "",
     )
-    loaded = SegmenterConfig.from_yaml(params)
-    assert (loaded.method, loaded.lposs_k) == ("lposs", 50)
-    assert SegmenterConfig.from_dict(loaded.to_dict()) == loaded
+    alpha = specs["lposs_alpha"]
+    assert (alpha.type, alpha.minimum, alpha.maximum, alpha.max_open) == (float, 0.0, 1.0, True)
+    assert alpha.constraints == "in [0, 1)" and specs["pixel_tau"].constraints == "> 0"
+    assert not specs["alpha_kk"].rebuild and specs["tiny_width"].rebuild
+    assert REBUILD_FIELDS == {n for n, s in specs.items() if s.rebuild}
+    assert {"method", "device", "clip_weights", "templates"} <= REBUILD_FIELDS
+    # The ranges are what the constructor enforces, at their edges.
+    SegmenterConfig(lposs_alpha=0.0, prob_threshold=1.0, polar_iters=0)
+    for name, value in [("lposs_alpha", 1.0), ("pixel_tau", 0.0), ("window_size", 0)]:
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            SegmenterConfig(**{name: value})
+    with pytest.raises(ValueError, match="one of"):
+        SegmenterConfig(procrustes_solver="qr")
+
+
+def test_method_table_drives_defaults_and_benchmarks():
+    assert METHODS == ("pearl", "maskclip", "lposs", "lposs_plus")
+    pearl, plus = method_spec("pearl"), method_spec("lposs_plus")
+    assert (pearl.needs_dino, pearl.scorer, pearl.refiners, pearl.benchmark) == (
+        False,
+        "pearl",
+        ("tlp",),
+        "pearl",
+    )
+    assert (plus.needs_dino, plus.scorer, plus.refiners, plus.clip_pretrained) == (
+        True,
+        "maskclip",
+        ("pixel_refine",),
+        "laion2b_s34b_b88k",
+    )
+    assert not method_spec("maskclip").needs_dino and method_spec("lposs").refiners == ()
+    for name in METHODS:
+        resolved = SegmenterConfig(method=name, device="cpu").resolved()
+        assert all(getattr(resolved, k) == v for k, v in method_spec(name).defaults.items())
+    with pytest.raises(ValueError, match="method must be one of"):
+        method_spec("sam")
+
+
+def _check_documented(specs) -> None:
+    """config/segment.yaml holds each spec's parameter with its default and a comment."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "config" / "segment.yaml"
+    text = path.read_text()
+    (section,) = yaml.safe_load(text).values()
+    params = section["ros__parameters"]
+    lines = text.splitlines()
+    for spec in specs:
+        assert spec.name in params, f"{spec.name} missing from {path.name}"
+        expected = spec.unset if spec.default is None else spec.default
+        assert params[spec.name] == expected, spec.name
+        (index,) = [i for i, ln in enumerate(lines) if re.match(rf"\s+{spec.name}:", ln)]
+        documented = "#" in lines[index] or lines[index - 1].strip().startswith("#")
+        assert documented, f"{spec.name} has no comment in {path.name}"
+
+
+def test_segment_yaml_documents_every_engine_field_with_its_default():
+    _check_documented(field_specs())
+
+
+def test_segment_yaml_documents_every_node_parameter_with_its_default():
+    pytest.importorskip("rclpy")
+    from ovseg_ros.ros.parameters import NODE_SPECS
+
+    _check_documented(NODE_SPECS)
 
 
 def test_dataset_presets_match_official_configs():
@@ -121,6 +204,10 @@ def test_vocabulary_synonyms_and_colors():
         ([3], "expected a string"),
         (["x" * 300], "longer"),
         (["bad\x00name"], "control"),
+        (["do\nor"], "control character \\(U\\+000A\\)"),
+        (["door", "table\tdesk"], "entry 1 .*control"),
+        (["chair; \x7f"], "control"),
+        (["bell\x85"], "control"),
         ([f"class {i}" for i in range(5000)], "at most 4096"),
     ],
 )

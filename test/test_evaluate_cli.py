@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovseg_ros import evaluate
 from ovseg_ros.evaluation.datasets import DATASET_KEYS, voc_colormap
-from ovseg_ros.params_file import load_ros_parameters, load_segmenter_params
-
-FIELDS = ("method", "device", "short_side", "window_size", "prob_threshold", "templates")
+from ovseg_ros.segmentation.methods import METHODS
+from ovseg_ros.tools import evaluate
 
 
 def _engine_available() -> bool:
@@ -46,55 +44,15 @@ def write_voc(root: Path, n=3, h=64, w=80, seed=0) -> dict[str, np.ndarray]:
     return gts
 
 
-# -- params file -----------------------------------------------------------------------------
+# -- method and preset lists ---------------------------------------------------------------
 
 
-def test_params_wildcard_node(tmp_path):
-    path = tmp_path / "p.yaml"
-    path.write_text(
-        "/**:\n  ros__parameters:\n    method: lposs_plus\n    short_side: 448\n"
-        "    image_topic: /camera/image_raw\n    qos_depth: 5\n    classes: [door, person]\n"
-    )
-    assert load_segmenter_params(path, FIELDS) == {"method": "lposs_plus", "short_side": 448}
-    assert load_ros_parameters(path)["qos_depth"] == 5
+def test_method_and_preset_choices_come_from_the_engine():
+    from ovseg_ros.segmentation.config import PRESETS
 
-
-def test_params_named_node_nested_groups_and_first_node(tmp_path):
-    path = tmp_path / "p.yaml"
-    path.write_text(
-        "robot:\n  ovseg:\n    ros__parameters:\n      device: cuda\n"
-        "      engine:\n        window_size: 160\n        device: cpu\n"
-        "other_node:\n  ros__parameters:\n    short_side: 1\n"
-    )
-    # first node only; a top-level key wins over a nested group's key of the same name
-    assert load_segmenter_params(path, FIELDS) == {"device": "cuda", "window_size": 160}
-
-
-def test_params_plain_mapping_and_errors(tmp_path):
-    path = tmp_path / "plain.yaml"
-    path.write_text("prob_threshold: 0.1\ntopic: x\n")
-    assert load_segmenter_params(path, FIELDS) == {"prob_threshold": 0.1}
-    (tmp_path / "empty.yaml").write_text("")
-    assert load_segmenter_params(tmp_path / "empty.yaml", FIELDS) == {}
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
-        load_segmenter_params(tmp_path / "nope.yaml", FIELDS)
-    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    with pytest.raises(ValueError, match="mapping"):
-        load_segmenter_params(tmp_path / "list.yaml", FIELDS)
-
-
-def test_params_default_fields_are_the_segmenter_config_fields(tmp_path):
-    try:
-        from ovseg_ros.segmentation.config import SegmenterConfig
-    except ImportError:
-        pytest.skip("SegmenterConfig not importable yet")
-    path = tmp_path / "p.yaml"
-    path.write_text(
-        "ovseg:\n  ros__parameters:\n    method: pearl\n    tlp_grid: 64\n    image_topic: /cam\n"
-    )
-    params = load_segmenter_params(path)
-    assert params == {"method": "pearl", "tlp_grid": 64}
-    assert SegmenterConfig.from_dict(params).tlp_grid == 64
+    actions = {a.dest: a for a in evaluate.build_parser()._actions}
+    assert tuple(actions["method"].choices) == METHODS
+    assert tuple(actions["preset"].choices) == PRESETS and "random" in PRESETS
 
 
 # -- paper numbers ---------------------------------------------------------------------------
@@ -104,7 +62,7 @@ def test_paper_results_json_parses_and_uses_cli_keys():
     data = evaluate.load_paper_results()
     tables = data["tables"]
     assert all(t["source"] and t["metric"] in ("mIoU", "mBIoU") for t in tables.values())
-    assert set(data["methods"]) <= set(evaluate.METHODS)
+    assert set(data["methods"]) <= set(METHODS)
     assert {"pearl", "lposs", "lposs_plus"} <= set(data["methods"])
     for method, metrics in data["methods"].items():
         for metric, entry in metrics.items():
@@ -263,6 +221,13 @@ def test_cli_plumbing_metrics_and_config_precedence(tmp_path, built_segmenters, 
     assert report["num_images"] == 3 and report["paper"] is None
     assert "mBIoU" not in report["summary"]
 
+    # A namespaced params file's method is the method (issue 8: it was read as pearl).
+    params.write_text("robot:\n  ovseg:\n    ros__parameters:\n      method: maskclip\n")
+    argv = ["--dataset", "voc21", "--root", str(tmp_path), "--params", str(params)]
+    argv += ["--preset", "tiny", "--device", "cpu", "--limit", "1", "--output-dir", str(out)]
+    assert evaluate.main(argv) == 0
+    assert built_segmenters[-1].config.method == "maskclip"
+
 
 # -- end to end with the real engine (tiny random models) ------------------------------------
 
@@ -354,5 +319,5 @@ def test_dataset_keys_match_the_engine_presets():
         pytest.skip("ovseg_ros.segmentation.config not importable yet")
     assert set(DATASETS) == set(DATASET_KEYS)
     for key in DATASET_KEYS:
-        for method in evaluate.METHODS:
+        for method in METHODS:
             assert isinstance(dataset_preset(key, method), dict)

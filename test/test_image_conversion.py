@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import array
 import io
+import logging
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +17,10 @@ from ovseg_ros.image_conversion import (
     ImageConversionError,
     array_to_image_fields,
     compressed_to_rgb,
+    cv_bridge,
     image_to_rgb,
+    load_cv_bridge,
+    message_to_rgb,
 )
 
 # A 2x3 RGB image with distinct channels everywhere.
@@ -192,6 +198,61 @@ def test_yuv422_matches_opencv() -> None:
         assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
 
 
+# -- Bayer -------------------------------------------------------------------------------------
+
+_CHANNEL = {"r": 0, "g": 1, "b": 2}
+
+
+def _mosaic(rgb: np.ndarray, pattern: str) -> np.ndarray:
+    """The Bayer mosaic a sensor with ``pattern`` (e.g. "rggb": row 0 R G, row 1 G B) records."""
+    mosaic = np.empty(rgb.shape[:2], rgb.dtype)
+    for k, letter in enumerate(pattern):
+        dy, dx = divmod(k, 2)
+        mosaic[dy::2, dx::2] = rgb[dy::2, dx::2, _CHANNEL[letter]]
+    return mosaic
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_uniform_color_is_recovered_exactly(pattern: str) -> None:
+    """Hand-checkable: every R sample 200, G 100, B 50 -> every pixel (200, 100, 50). A pattern
+    mapped to the wrong OpenCV code swaps red and blue or mixes green into them."""
+    pytest.importorskip("cv2")
+    rgb = np.empty((6, 8, 3), np.uint8)
+    rgb[...] = (200, 100, 50)
+    mosaic = _mosaic(rgb, pattern)
+    assert mosaic[0, 0] == {"r": 200, "g": 100, "b": 50}[pattern[0]]
+    out = image_to_rgb(f"bayer_{pattern}8", 6, 8, 8, mosaic.tobytes())
+    assert out.shape == (6, 8, 3) and out.dtype == np.uint8
+    assert np.array_equal(out, rgb)
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_linear_ramps_are_interpolated_exactly_inside(pattern: str) -> None:
+    """Bilinear demosaicing reproduces a linear ramp: R = 8x + 20, G = 120, B = 6y + 30."""
+    pytest.importorskip("cv2")
+    h, w = 12, 16
+    y, x = np.mgrid[:h, :w]
+    rgb = np.stack([8 * x + 20, np.full_like(x, 120), 6 * y + 30], axis=-1).astype(np.uint8)
+    out = image_to_rgb(f"bayer_{pattern}8", h, w, w + 3, _fields(_mosaic(rgb, pattern), 3)[1])
+    inner = (slice(2, -2), slice(2, -2))
+    assert np.abs(out[inner].astype(int) - rgb[inner].astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_bayer_16_bit_is_scaled_to_8_bit(bigendian: bool) -> None:
+    pytest.importorskip("cv2")
+    rgb16 = np.empty((4, 6, 3), np.uint16)
+    rgb16[...] = (65535, 32896, 0)  # -> (255, 128, 0)
+    mosaic = _mosaic(rgb16, "grbg").astype(">u2" if bigendian else "<u2")
+    out = image_to_rgb("bayer_grbg16", 4, 6, 12, mosaic.tobytes(), is_bigendian=bigendian)
+    assert np.array_equal(out, np.broadcast_to(np.array([255, 128, 0], np.uint8), (4, 6, 3)))
+
+
+def test_bayer_too_small_is_refused() -> None:
+    with pytest.raises(ImageConversionError, match="2x2"):
+        image_to_rgb("bayer_rggb8", 1, 4, 4, bytes(4))
+
+
 def test_every_supported_encoding_converts() -> None:
     for encoding in SUPPORTED_ENCODINGS:
         out = image_to_rgb(encoding, 2, 4, 64, bytes(128))
@@ -201,7 +262,7 @@ def test_every_supported_encoding_converts() -> None:
 # -- errors ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("encoding", ["bayer_rggb8", "32FC1", "nv21", "", "RGB8"])
+@pytest.mark.parametrize("encoding", ["bayer_rggb12", "32FC1", "nv21", "", "RGB8"])
 def test_unsupported_encoding(encoding: str) -> None:
     with pytest.raises(ImageConversionError, match="unsupported image encoding"):
         image_to_rgb(encoding, 2, 2, 8, bytes(16))
@@ -346,3 +407,41 @@ def test_array_to_image_fields_rgb8_round_trip() -> None:
 def test_array_to_image_fields_errors(array_, encoding: str, match: str) -> None:
     with pytest.raises(ImageConversionError, match=match):
         array_to_image_fields(array_, encoding)
+
+
+# -- cv_bridge fallback ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken_cv_bridge(tmp_path, monkeypatch):
+    """A cv_bridge package that fails on import the way one built for NumPy 1 does on NumPy 2."""
+    package = tmp_path / "cv_bridge"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "raise AttributeError('_ARRAY_API not found')\n", encoding="utf-8"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "cv_bridge", raising=False)
+    cv_bridge.cache_clear()
+    yield
+    sys.modules.pop("cv_bridge", None)
+    cv_bridge.cache_clear()
+
+
+def test_cv_bridge_failing_with_attribute_error_falls_back_with_one_warning(
+    broken_cv_bridge, caplog
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ovseg_ros.image_conversion")
+    assert load_cv_bridge() is None
+    assert "_ARRAY_API not found" in caplog.text and "own converter" in caplog.text
+    caplog.clear()
+    msg = SimpleNamespace(encoding="nv21", height=2, width=2, step=2, data=bytes(6), is_bigendian=0)
+    for _ in range(3):  # an unknown encoding: a clear error, cv_bridge tried once
+        with pytest.raises(ImageConversionError, match="unsupported image encoding"):
+            message_to_rgb(msg, compressed=False)
+    assert len([r for r in caplog.records if "cv_bridge" in r.getMessage()]) == 1
+    # Known encodings never need it.
+    rgb8 = SimpleNamespace(
+        encoding="rgb8", height=H, width=W, step=W * 3, data=RGB.tobytes(), is_bigendian=0
+    )
+    assert np.array_equal(message_to_rgb(rgb8, compressed=False), RGB)

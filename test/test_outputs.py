@@ -56,7 +56,12 @@ def test_vocabulary_json() -> None:
         "synonyms": ["person", "man", "woman"],
         "color": list(vocab.entries[1].color),
     }
-    assert data == vocab.to_json_dict()
+    assert data == {**vocab.to_json_dict(), "valid_from": {}}
+    stamped = json.loads(vocabulary_json(vocab, {"": 0, "left": 12_000_000_345}))
+    assert stamped["valid_from"] == {
+        "": {"sec": 0, "nanosec": 0},
+        "left": {"sec": 12, "nanosec": 345},
+    }
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""segment_node over real DDS: outputs, vocabulary service, bad frames, drops, lifecycle.
+"""segment_node over real DDS: outputs, vocabulary service, bad frames, drops, lifecycle,
+the input transport switch, vocabulary versions under rapid changes, signals.
 
 The node runs in-process (tiny random models on the CPU) on its own executor thread; a
 second node plays camera and client over DDS on a private domain. Nothing is mocked.
@@ -10,11 +11,7 @@ import io
 import json
 import math
 import os
-import py_compile
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +34,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from ovseg_ros.segment_node import DEFAULT_CLASSES, SegmentNode
+from ovseg_ros.ros.node import SegmentNode
+from ovseg_ros.ros.parameters import DEFAULT_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 # A private DDS domain per test module (rclpy.init(domain_id=...) and the subprocesses' env).
@@ -100,7 +98,6 @@ class RosHarness:
         self.arrivals: list[tuple[str, object, int]] = []  # (topic, msg, latest published)
         self.latest_published = -1
         self.image_pub = self.node.create_publisher(Image, "/image", RELIABLE)
-        self.jpeg_pub = self.node.create_publisher(CompressedImage, "/image/compressed", RELIABLE)
         for topic in ("/ovseg/labels", "/ovseg/confidence"):
             self.subscribe(Image, topic)
         self.subscribe(String, "/ovseg/vocabulary", LATCHED)
@@ -136,10 +133,10 @@ class RosHarness:
     def by_stamp(self, topic: str, sec: int) -> list:
         return [m for m in self.messages(topic) if m.header.stamp.sec == sec]
 
-    def publish(self, msg: Image | CompressedImage) -> None:
+    def publish(self, msg: Image) -> None:
         with self.lock:
             self.latest_published = msg.header.stamp.sec
-        (self.jpeg_pub if isinstance(msg, CompressedImage) else self.image_pub).publish(msg)
+        self.image_pub.publish(msg)
 
     def call(self, client, request, timeout: float = 15.0):
         assert client.wait_for_service(timeout_sec=timeout), f"{client.srv_name} not available"
@@ -282,14 +279,63 @@ def test_every_output_carries_the_input_header(tester, ovseg) -> None:
             tester.node.destroy_subscription(subscription)
 
 
-def test_compressed_input(tester, ovseg) -> None:
-    for sec in range(1100, 1140):
-        tester.publish(make_jpeg(sec, width=80, height=60))
-        if wait_until(lambda s=sec: tester.by_stamp("/ovseg/labels", s), 0.5):
-            break
-    (labels,) = tester.by_stamp("/ovseg/labels", sec)
-    assert labels.header.frame_id == "jpeg_camera"
-    assert (labels.encoding, labels.width, labels.height) == ("mono8", 80, 60)
+def _running_node(context, name: str, namespace: str, overrides: dict, *ros_args: str):
+    """A node spinning on its own executor until the generator is closed."""
+    node = SegmentNode(
+        name,
+        namespace=namespace,
+        context=context,
+        cli_args=["--ros-args", *ros_args],
+        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
+    )
+    executor = _start(node, context)
+    yield node
+    executor.shutdown()
+    node.close()
+    node.destroy_node()
+
+
+@pytest.fixture(scope="module")
+def jpeg_node(context):
+    """image_transport compressed, image remapped: subscribes /cam_x/image/compressed only."""
+    overrides = {**TINY, "image_transport": "compressed"}
+    yield from _running_node(
+        context, "ovseg_jpeg", "/third", overrides, "-r", "image:=/cam_x/image"
+    )
+
+
+def _subscribers(node, topic: str) -> int:
+    return sum(i.node_name == node.get_name() for i in node.get_subscriptions_info_by_topic(topic))
+
+
+def test_one_input_transport_at_a_time(tester, ovseg, jpeg_node) -> None:
+    assert (_subscribers(ovseg, "/image"), _subscribers(ovseg, "/image/compressed")) == (1, 0)
+    assert _subscribers(jpeg_node, "/cam_x/image") == 0
+    assert _subscribers(jpeg_node, "/cam_x/image/compressed") == 1
+    assert _subscribers(jpeg_node, "/third/image/compressed") == 0
+
+
+def test_compressed_input(tester, jpeg_node) -> None:
+    tester.subscribe(Image, "/third/ovseg_jpeg/labels")
+    publisher = tester.node.create_publisher(CompressedImage, "/cam_x/image/compressed", RELIABLE)
+    try:
+        for sec in range(1100, 1140):
+            publisher.publish(make_jpeg(sec, width=80, height=60))
+            if wait_until(lambda s=sec: tester.by_stamp("/third/ovseg_jpeg/labels", s), 0.5):
+                break
+        (labels,) = tester.by_stamp("/third/ovseg_jpeg/labels", sec)
+        assert labels.header.frame_id == "jpeg_camera"
+        assert (labels.encoding, labels.width, labels.height) == ("mono8", 80, 60)
+        # Raw frames on the remapped image topic are not subscribed.
+        raw = tester.node.create_publisher(Image, "/cam_x/image", RELIABLE)
+        received = jpeg_node.stats.total("received")
+        for sec in range(1200, 1205):
+            raw.publish(make_image(sec))
+        time.sleep(0.5)
+        assert jpeg_node.stats.total("received") == received
+        tester.node.destroy_publisher(raw)
+    finally:
+        tester.node.destroy_publisher(publisher)
 
 
 def test_vocabulary_is_latched_for_late_subscribers(tester, ovseg) -> None:
@@ -380,6 +426,78 @@ def test_300_classes_switch_labels_to_mono16(tester, ovseg, no_tlp, default_voca
             assert np.frombuffer(bytes(msg.data), np.uint8).max() < len(DEFAULT_CLASSES)
 
 
+def _version_of(vocabularies: list[dict], stamp_ns: int, camera: str = "") -> int:
+    """The README's rule: the highest version whose valid_from[camera] <= the image stamp."""
+    latest = {v["version"]: v["valid_from"] for v in vocabularies}  # last message per version
+    return max(
+        version
+        for version, valid_from in latest.items()
+        if camera in valid_from
+        and valid_from[camera]["sec"] * 10**9 + valid_from[camera]["nanosec"] <= stamp_ns
+    )
+
+
+def test_valid_from_under_rapid_vocabulary_changes(
+    tester, ovseg, no_tlp, default_vocabulary
+) -> None:
+    """Vocabularies alternate between 2 entries (mono8 labels) and 257 (mono16), so every
+    label image shows which size of vocabulary made it; the rule must name a version of
+    that size for every one, whatever order the topics' messages arrived in."""
+    small, big = ["floor", "door"], [f"thing {i}" for i in range(257)]
+    tester.clear()
+    stop = threading.Event()
+    last_sec = [9000]
+
+    def camera() -> None:
+        while not stop.is_set():
+            last_sec[0] += 1
+            tester.publish(make_image(last_sec[0]))
+            time.sleep(0.03)
+
+    thread = threading.Thread(target=camera, daemon=True)
+    thread.start()
+    try:
+        for k in range(8):
+            (result,) = tester.set_parameters(Parameter("classes", value=big if k % 2 else small))
+            assert result.successful, result.reason
+            time.sleep(0.1 + 0.2 * (k % 3))
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert wait_until(lambda: tester.by_stamp("/ovseg/labels", last_sec[0]), 20)
+    time.sleep(0.5)
+    vocabularies = tester.vocabularies()
+    sizes = {v["version"]: len(v["classes"]) for v in vocabularies}
+    labels = [m for m in tester.messages("/ovseg/labels") if m.header.stamp.sec > 9000]
+    used = set()
+    for msg in labels:
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        version = _version_of(vocabularies, stamp)
+        used.add(version)
+        assert msg.encoding == ("mono16" if sizes[version] > 256 else "mono8"), version
+    assert len(used) >= 3, used  # the changes really interleaved with frames
+    # A late subscriber gets the recent history (depth 16) and maps the newest image alike.
+    late: list[String] = []
+    history = QoSProfile(
+        depth=16,
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    )
+    subscription = tester.node.create_subscription(
+        String, "/ovseg/vocabulary", late.append, history
+    )
+    try:
+        assert wait_until(lambda: len(late) >= min(16, len(vocabularies)), 10)
+        newest = labels[-1]
+        stamp = newest.header.stamp.sec * 10**9 + newest.header.stamp.nanosec
+        assert _version_of([json.loads(m.data) for m in late], stamp) == _version_of(
+            vocabularies, stamp
+        )
+    finally:
+        tester.node.destroy_subscription(subscription)
+
+
 @pytest.mark.parametrize(
     "value,reason",
     [
@@ -392,14 +510,14 @@ def test_300_classes_switch_labels_to_mono16(tester, ovseg, no_tlp, default_voca
 )
 def test_invalid_vocabulary_is_refused(tester, ovseg, value, reason) -> None:
     before = ovseg.vocabulary_version
-    published = len(tester.vocabularies())
     parameter = Parameter("classes", Parameter.Type.STRING_ARRAY, value)
     (result,) = tester.set_parameters(parameter)
     assert not result.successful
     assert reason in result.reason
     time.sleep(0.3)
     assert ovseg.vocabulary_version == before
-    assert len(tester.vocabularies()) == published
+    # No new version (a version may be re-published with a new valid_from entry).
+    assert max(v["version"] for v in tester.vocabularies()) == before
     assert ovseg.get_parameter("classes").value == DEFAULT_CLASSES
 
 
@@ -448,11 +566,11 @@ def test_engine_knobs_apply_at_runtime(tester, ovseg) -> None:
 
 
 def test_bad_frames_are_skipped(tester, ovseg) -> None:
-    invalid_before = ovseg.stats.invalid
-    bad: list[Image | CompressedImage] = []
-    bayer = make_image(4001)
-    bayer.encoding = "bayer_rggb8"
-    bad.append(bayer)
+    invalid_before = ovseg.stats.total("invalid")
+    bad: list[Image] = []
+    unknown = make_image(4001)
+    unknown.encoding = "nv21"
+    bad.append(unknown)
     short_step = make_image(4002)
     short_step.step = 10  # < width * 3
     bad.append(short_step)
@@ -462,21 +580,37 @@ def test_bad_frames_are_skipped(tester, ovseg) -> None:
     empty = Image(height=0, width=0, encoding="rgb8", step=0)
     empty.header.stamp.sec = 4004
     bad.append(empty)
-    corrupt = make_jpeg(4005)
-    corrupt.data = b"\xff\xd8\xff\xe0" + bytes(200)
-    bad.append(corrupt)
-    depth = make_jpeg(4006)
-    depth.format = "16UC1; compressedDepth png"
-    bad.append(depth)
-    for msg in bad:
+    for msg in bad:  # compressed ones: test_bad_compressed_frames_are_skipped
         tester.publish(msg)
-        assert wait_until(lambda n=invalid_before: ovseg.stats.invalid > n, 5)
-        invalid_before = ovseg.stats.invalid
+        assert wait_until(lambda n=invalid_before: ovseg.stats.total("invalid") > n, 5)
+        invalid_before = ovseg.stats.total("invalid")
     labels = tester.stream_until_labels(4100)  # good frames still flow
     assert labels.encoding == "mono8"
-    assert not any(tester.by_stamp("/ovseg/labels", s) for s in range(4001, 4007))
-    assert wait_until(lambda: int(tester.diagnostics().get("frames_invalid", 0)) >= 6, 5)
+    assert not any(tester.by_stamp("/ovseg/labels", s) for s in range(4001, 4005))
+    assert wait_until(lambda: int(tester.diagnostics().get("frames_invalid", 0)) >= 4, 5)
     assert ovseg.state_label == "active"
+
+
+def test_bad_compressed_frames_are_skipped(tester, jpeg_node) -> None:
+    tester.subscribe(Image, "/third/ovseg_jpeg/labels")
+    publisher = tester.node.create_publisher(CompressedImage, "/cam_x/image/compressed", RELIABLE)
+    try:
+        corrupt = make_jpeg(4005)
+        corrupt.data = b"\xff\xd8\xff\xe0" + bytes(200)
+        depth = make_jpeg(4006)
+        depth.format = "16UC1; compressedDepth png"
+        for msg in (corrupt, depth):
+            before = jpeg_node.stats.total("invalid")
+            publisher.publish(msg)
+            assert wait_until(lambda n=before: jpeg_node.stats.total("invalid") > n, 5)
+        for sec in range(4100, 4140):  # good frames still flow
+            publisher.publish(make_jpeg(sec))
+            if wait_until(lambda s=sec: tester.by_stamp("/third/ovseg_jpeg/labels", s), 0.5):
+                break
+        assert tester.by_stamp("/third/ovseg_jpeg/labels", sec)
+        assert jpeg_node.state_label == "active"
+    finally:
+        tester.node.destroy_publisher(publisher)
 
 
 def test_stale_frames_are_dropped_not_queued(tester, ovseg) -> None:
@@ -486,11 +620,11 @@ def test_stale_frames_are_dropped_not_queued(tester, ovseg) -> None:
         tester.stream_until_labels(sec, width=width, height=height)
     # 30 Hz, or faster where this machine segments 640x480 in under 66 ms, so that frames
     # arrive faster than they are processed and must be dropped.
-    inference = min(list(ovseg.stats.inference)[-3:])
+    inference = min(list(ovseg.stats.camera("").inference)[-3:])
     period = min(1 / 30, inference / 2)
     frames = [make_image(6000 + i, width, height) for i in range(60)]
     tester.clear()
-    dropped_before = ovseg.stats.dropped
+    dropped_before = ovseg.stats.total("dropped")
     start = time.monotonic()
     for i, msg in enumerate(frames):
         time.sleep(max(0.0, start + i * period - time.monotonic()))
@@ -513,13 +647,13 @@ def test_stale_frames_are_dropped_not_queued(tester, ovseg) -> None:
     # A frame waits at most one inference (the one in progress) plus its own; allow for
     # transport and a busy machine. The bound is in frames, scaled by how long this machine
     # took per frame, and stays far below the lag of a queue.
-    slowest = max(list(ovseg.stats.inference)[-len(indices) :])
+    slowest = max(list(ovseg.stats.camera("").inference)[-len(indices) :])
     bound = max(12, 4 + 2 * math.ceil(slowest / period))
     assert ages and max(ages) <= bound, (bound, ages)
     if len(ages) >= 9:  # the lag does not grow (a queue's grows by frames per result)
         third = len(ages) // 3
         assert np.mean(ages[-third:]) <= np.mean(ages[:third]) + bound / 2, (bound, ages)
-    assert ovseg.stats.dropped > dropped_before
+    assert ovseg.stats.total("dropped") > dropped_before
     assert wait_until(lambda: int(tester.diagnostics().get("frames_dropped", 0)) > 0, 5)
 
 
@@ -560,25 +694,15 @@ def test_lifecycle_transitions(tester, ovseg) -> None:
     assert labels.encoding == "mono8"
 
 
-# -- parameters file, QoS, launch ---------------------------------------------------------------
+# -- parameters file, QoS -----------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def yaml_node(context):
     """A second node started from config/segment.yaml, with reliable image subscriptions."""
     overrides = {**TINY, "qos_reliability": "reliable"}
-    node = SegmentNode(
-        "ovseg_yaml",
-        namespace="/second",
-        context=context,
-        cli_args=["--ros-args", "--params-file", str(REPO / "config" / "segment.yaml")],
-        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
-    )
-    executor = _start(node, context)
-    yield node
-    executor.shutdown()
-    node.close()
-    node.destroy_node()
+    params = ("--params-file", str(REPO / "config" / "segment.yaml"))
+    yield from _running_node(context, "ovseg_yaml", "/second", overrides, *params)
 
 
 def test_params_file_holds_every_parameter(yaml_node) -> None:
@@ -587,6 +711,8 @@ def test_params_file_holds_every_parameter(yaml_node) -> None:
     params = data["/**"]["ros__parameters"]
     declared = set(yaml_node.list_parameters([], 0).names)
     declared -= {"use_sim_time", "start_type_description_service"}
+    # Declared by rclpy when the node subscribes (QoSOverridingOptions), documented as comments.
+    declared = {name for name in declared if not name.startswith("qos_overrides.")}
     assert set(params) == declared
     overridden = {"preset", "device", "templates", "qos_reliability"}
     for name, value in params.items():
@@ -600,80 +726,29 @@ def test_params_file_holds_every_parameter(yaml_node) -> None:
     assert yaml_node.segmenter.config.method == "pearl"
 
 
+def test_qos_overrides_the_standard_rclpy_way(context) -> None:
+    prefix = "qos_overrides./qos_test/image.subscription"
+    overrides = {**TINY, f"{prefix}.reliability": "reliable", f"{prefix}.depth": 2}
+    nodes = _running_node(context, "ovseg_qos", "/", overrides, "-r", "image:=/qos_test/image")
+    node = next(nodes)
+    try:
+        (info,) = [
+            i
+            for i in node.get_subscriptions_info_by_topic("/qos_test/image")
+            if i.node_name == "ovseg_qos"
+        ]
+        assert info.qos_profile.reliability == ReliabilityPolicy.RELIABLE  # default: best effort
+        assert node.cameras[0].subscription.qos_profile.depth == 2  # discovery omits depth
+        assert node.get_parameter(f"{prefix}.depth").value == 2
+        assert node.describe_parameter(f"{prefix}.reliability").read_only
+    finally:
+        nodes.close()
+
+
 def test_incompatible_qos_is_reported(tester, yaml_node) -> None:
-    before = yaml_node.stats.qos_incompatible
+    before = yaml_node.stats.total("qos_incompatible")
     publisher = tester.node.create_publisher(Image, "/second/image", BEST_EFFORT)
     try:
-        assert wait_until(lambda: yaml_node.stats.qos_incompatible > before, 10)
+        assert wait_until(lambda: yaml_node.stats.total("qos_incompatible") > before, 10)
     finally:
         tester.node.destroy_publisher(publisher)
-
-
-def test_launch_file_compiles() -> None:
-    py_compile.compile(str(REPO / "launch" / "segment.launch.py"), doraise=True)
-
-
-def test_launch_description() -> None:
-    pytest.importorskip("launch_ros")
-    import importlib.util
-
-    from launch.actions import DeclareLaunchArgument
-
-    spec = importlib.util.spec_from_file_location(
-        "segment_launch", REPO / "launch/segment.launch.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    description = module.generate_launch_description()
-    names = {a.name for a in description.entities if isinstance(a, DeclareLaunchArgument)}
-    assert {"image", "method", "classes", "device", "params_file", "namespace"} <= names
-    assert {"node_name", "use_sim_time", "preset"} <= names
-    assert module._parse_classes("['person', 'chair; stool']") == ["person", "chair; stool"]
-    with pytest.raises(ValueError):
-        module._parse_classes("[]")
-
-
-# -- the executable ------------------------------------------------------------------------------
-
-
-def _spawn(*ros_args: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    env["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
-    env["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"
-    command = [sys.executable, "-m", "ovseg_ros.segment_node", "--ros-args", *ros_args]
-    return subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
-def test_missing_weights_exit_with_a_clear_message() -> None:
-    process = _spawn(
-        "-r", "__node:=ovseg_missing", "-p", "preset:=full", "-p", "device:=cpu",
-        "-p", "clip_weights:=/nonexistent/clip.safetensors",
-    )  # fmt: skip
-    output, _ = process.communicate(timeout=90)
-    assert process.returncode == 1, output
-    assert "clip_weights='/nonexistent/clip.safetensors' does not exist" in output
-    assert "configuration failed" in output
-    assert "Traceback" not in output, output
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signals_stop_the_node_cleanly(sig: signal.Signals) -> None:
-    process = _spawn(
-        "-r", f"__node:=ovseg_{sig.name.lower()}", "-r", f"image:=/signal_{sig.name.lower()}",
-        *[arg for k, v in TINY.items() for arg in ("-p", f"{k}:={v}")],
-    )  # fmt: skip
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
-    reader.start()
-    try:
-        assert wait_until(lambda: any("active: segmenting" in line for line in lines), 90), lines
-        process.send_signal(sig)
-        process.wait(timeout=15)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    reader.join(5)
-    assert process.returncode == 0, "".join(lines)
-    assert "Traceback" not in "".join(lines)

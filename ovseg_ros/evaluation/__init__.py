@@ -1,6 +1,6 @@
 """Offline benchmark evaluation: data set readers and segmentation metrics.
 
-Neither module imports the segmentation engine; ``ovseg_ros.evaluate`` (the
+Neither module imports the segmentation engine; ``ovseg_ros.tools.evaluate`` (the
 ``ovseg-evaluate`` CLI) ties them to it.
 """
 

@@ -48,7 +48,9 @@ from PIL import Image
 
 IGNORE_INDEX = 255
 CLASSNAMES_DIR = Path(__file__).resolve().parent.parent / "data" / "classnames"
-VOCABULARIES = ("pearl", "lposs")
+# Benchmark protocol (``Method.benchmark`` in the method table) -> its class-name file prefix.
+_CLASSNAME_PREFIX = {"pearl": "", "lposs": "lposs_"}
+VOCABULARIES = tuple(_CLASSNAME_PREFIX)
 
 
 class DatasetError(FileNotFoundError):
@@ -213,8 +215,7 @@ def classnames_path(key: str, vocabulary: str = "pearl") -> Path:
     _spec(key)
     if vocabulary not in VOCABULARIES:
         raise ValueError(f"vocabulary must be one of {list(VOCABULARIES)}, got {vocabulary!r}")
-    prefix = "" if vocabulary == "pearl" else f"{vocabulary}_"
-    return CLASSNAMES_DIR / f"{prefix}{key}.txt"
+    return CLASSNAMES_DIR / f"{_CLASSNAME_PREFIX[vocabulary]}{key}.txt"
 
 
 def load_classnames(key: str, vocabulary: str = "pearl") -> list[str]:

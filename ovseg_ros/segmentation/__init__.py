@@ -7,8 +7,10 @@
 """
 
 from .config import DATASETS, METHODS, SegmenterConfig, dataset_preset
-from .segmenter import SegmentationResult, Segmenter, build_segmenter
+from .result import SegmentationResult
+from .segmenter import Segmenter, build_segmenter
 from .vocabulary import Vocabulary, VocabularyEntry, build_vocabulary, parse_entries
+from .vocabulary_state import PreparedVocabulary, VocabularyCancelled
 from .weights import WeightsNotFoundError
 
 
@@ -20,10 +22,12 @@ def tiny_config(method: str = "pearl", **overrides) -> SegmenterConfig:
 __all__ = [
     "DATASETS",
     "METHODS",
+    "PreparedVocabulary",
     "SegmentationResult",
     "Segmenter",
     "SegmenterConfig",
     "Vocabulary",
+    "VocabularyCancelled",
     "VocabularyEntry",
     "WeightsNotFoundError",
     "build_segmenter",

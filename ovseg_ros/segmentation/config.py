@@ -1,67 +1,130 @@
 """Segmenter configuration: every knob of PEARL / LPOSS / LPOSS+ with the papers' defaults.
 
-Fields left at ``None`` take the method's default from the official code (``resolved()``):
-PEARL resizes to a short side of 336 and refines with TLP; LPOSS resizes to 448 and uses the
-LAION-2B CLIP weights its official MaskCLIP config loads.
+Each field carries its documentation, type, allowed values or range and whether changing it
+needs a new segmenter in its ``dataclasses.field`` metadata; :func:`field_specs` exposes them
+as :class:`FieldSpec` records, which feed the validation below, the ROS parameter descriptors,
+the command-line help and the test that ``config/segment.yaml`` documents every field.
+
+Fields left at ``None`` take the method's default from the official code (``resolved()``,
+see :mod:`.methods`): PEARL resizes to a short side of 336 and refines with TLP; LPOSS
+resizes to 448 and uses the LAION-2B CLIP weights its official MaskCLIP config loads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
+import typing
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
-METHODS = ("pearl", "maskclip", "lposs", "lposs_plus")
+from .methods import DATASETS, METHODS, dataset_preset, method_spec
+
 DTYPES = ("fp32", "fp16", "bf16")
 SOLVERS = ("polar", "svd")
 PRESETS = ("full", "tiny", "random")
+TEMPLATES = ("imagenet80", "single")
+FIELD_TYPES = (bool, int, float, str, list[str])
 
-# Settings that shape the models or the text cache: changing them needs a new Segmenter.
-# Every other field is an inference knob that ``Segmenter.update_config`` changes at runtime.
-REBUILD_FIELDS = frozenset(
-    {
-        "method",
-        "preset",
-        "device",
-        "dtype",
-        "clip_model",
-        "clip_pretrained",
-        "clip_weights",
-        "dino_model",
-        "dino_weights",
-        "allow_download",
-        "weights_cache_dir",
-        "text_cache_dir",
-        "templates",
-        "seed",
-        "tiny_width",
-        "tiny_layers",
+__all__ = [
+    "DATASETS",
+    "DTYPES",
+    "METHODS",
+    "PRESETS",
+    "REBUILD_FIELDS",
+    "FieldSpec",
+    "SegmenterConfig",
+    "dataset_preset",
+    "field_specs",
+]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What one setting is: the single source of its documentation and constraints.
+
+    ``type`` is one of ``FIELD_TYPES``. ``optional``: ``None`` is allowed and means "the
+    method's default"; in ROS parameters and YAML files it is written ``unset`` (``""`` for
+    strings, ``-1`` for integers, ``"auto"`` for booleans). ``minimum`` / ``maximum`` bound
+    numbers (inclusive unless ``min_open`` / ``max_open``). ``rebuild``: changing it needs a
+    new segmenter (read-only for the node); the others change at runtime.
+    """
+
+    name: str
+    type: Any
+    default: Any
+    doc: str
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+    rebuild: bool = False
+    optional: bool = False
+
+    @property
+    def unset(self) -> Any:
+        """How ``None`` is written in a ROS parameter / params file (``None`` if not optional)."""
+        if not self.optional:
+            return None
+        return {str: "", int: -1, float: -1.0, bool: "auto"}[self.type]
+
+    @property
+    def constraints(self) -> str:
+        """Human-readable allowed values, e.g. ``"one of fp32, fp16, bf16"``, ``"in [0, 1)"``."""
+        parts = []
+        if self.choices:
+            parts.append("one of " + ", ".join(self.choices))
+        low, high = self.minimum, self.maximum
+        if low is not None and high is not None:
+            left, right = "(" if self.min_open else "[", ")" if self.max_open else "]"
+            parts.append(f"in {left}{low:g}, {high:g}{right}")
+        elif low is not None:
+            parts.append(f"{'>' if self.min_open else '>='} {low:g}")
+        elif high is not None:
+            parts.append(f"{'<' if self.max_open else '<='} {high:g}")
+        if self.optional:
+            parts.append(f"{self.unset!r} = method default")
+        return "; ".join(parts)
+
+    def check(self, value: Any) -> None:
+        """Raise ``ValueError`` naming the field when ``value`` breaks its choices or range."""
+        if value is None:
+            if not self.optional:
+                raise ValueError(f"{self.name} must be set")
+            return
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{self.name} must be one of {list(self.choices)}, got {value!r}")
+        low, high = self.minimum, self.maximum
+        below = low is not None and (value <= low if self.min_open else value < low)
+        above = high is not None and (value >= high if self.max_open else value > high)
+        if below or above:
+            raise ValueError(f"{self.name} must be {self.constraints.split(';')[0]}, got {value}")
+
+
+def _setting(
+    default: Any,
+    doc: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+    rebuild: bool = False,
+) -> Any:
+    """A dataclass field whose metadata holds everything :class:`FieldSpec` reports."""
+    meta = {
+        "doc": doc,
+        "choices": choices,
+        "minimum": minimum,
+        "maximum": maximum,
+        "min_open": min_open,
+        "max_open": max_open,
+        "rebuild": rebuild,
     }
-)
-
-# Official defaults that differ per method (PGSmall/PEARL configs, vladan-stojnic/LPOSS configs).
-_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "pearl": {"short_side": 336, "clip_pretrained": "openai", "tlp": True, "pixel_refine": False},
-    "maskclip": {
-        "short_side": 448,
-        "clip_pretrained": "laion2b_s34b_b88k",
-        "tlp": False,
-        "pixel_refine": False,
-    },
-    "lposs": {
-        "short_side": 448,
-        "clip_pretrained": "laion2b_s34b_b88k",
-        "tlp": False,
-        "pixel_refine": False,
-    },
-    "lposs_plus": {
-        "short_side": 448,
-        "clip_pretrained": "laion2b_s34b_b88k",
-        "tlp": False,
-        "pixel_refine": True,
-    },
-}
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -71,91 +134,147 @@ class SegmenterConfig:
     Unknown keys are an error (``from_dict``); ``None`` means "the method's official default".
     """
 
-    method: str = "pearl"
-    # "full": real weights; "tiny": tiny random models (tests, smoke runs); "random": the real
-    # architectures with random weights (benchmarks without weights).
-    preset: str = "full"
-    device: str = "auto"  # "auto" -> cuda when available, else cpu
-    dtype: str = "fp32"  # backbone precision; propagation always runs in fp32
-
-    # Weights. A local file overrides the pretrained tag; nothing is downloaded unless allowed.
-    clip_model: str = "ViT-B-16"
-    clip_pretrained: str | None = None  # pearl: "openai"; lposs/maskclip: "laion2b_s34b_b88k"
-    clip_weights: str = ""  # local .safetensors / .bin / .pt state dict
-    dino_model: str = "vit_base_patch16_224.dino"
-    dino_weights: str = ""
-    allow_download: bool = False  # building never touches the network unless this is set
-    weights_cache_dir: str = ""  # "" -> the Hugging Face hub cache
-    text_cache_dir: str = ""  # "" -> ~/.cache/ovseg_ros/text; "none" disables the disk cache
-    templates: str = "imagenet80"  # "imagenet80" or "single" ("a photo of a {}.")
-    seed: int = 0  # seeds the random weights of the tiny and random presets
+    # Models and weights (changing any of them builds a new segmenter).
+    method: str = _setting("pearl", "Segmentation method.", choices=METHODS, rebuild=True)
+    preset: str = _setting(
+        "full",
+        "Models: real weights (full), tiny random ones for tests (tiny), or the real "
+        "architectures with random weights for timing (random).",
+        choices=PRESETS,
+        rebuild=True,
+    )
+    device: str = _setting(
+        "auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N.", rebuild=True
+    )
+    dtype: str = _setting(
+        "fp32",
+        "Backbone precision (propagation always runs in fp32).",
+        choices=DTYPES,
+        rebuild=True,
+    )
+    clip_model: str = _setting("ViT-B-16", "open_clip model name.", rebuild=True)
+    clip_pretrained: str | None = _setting(
+        None,
+        "open_clip pretrained tag (pearl: openai; lposs, maskclip: laion2b_s34b_b88k).",
+        rebuild=True,
+    )
+    clip_weights: str = _setting(
+        "",
+        "Local CLIP weights file (.safetensors preferred); overrides clip_pretrained.",
+        rebuild=True,
+    )
+    dino_model: str = _setting(
+        "vit_base_patch16_224.dino", "timm DINO model name (lposs, lposs_plus).", rebuild=True
+    )
+    dino_weights: str = _setting(
+        "", "Local DINO weights file (.safetensors); '' = Hugging Face cache.", rebuild=True
+    )
+    allow_download: bool = _setting(
+        False, "Download missing weights when building (needs network).", rebuild=True
+    )
+    weights_cache_dir: str = _setting(
+        "", "Where downloaded weights live; '' = the Hugging Face hub cache.", rebuild=True
+    )
+    text_cache_dir: str = _setting(
+        "",
+        "Disk cache of class-name embeddings; '' = ~/.cache/ovseg_ros/text, 'none' = off.",
+        rebuild=True,
+    )
+    templates: str = _setting(
+        "imagenet80",
+        "Prompt templates: CLIP's 80 ImageNet ones, or 'a photo of a {}.'.",
+        choices=TEMPLATES,
+        rebuild=True,
+    )
+    seed: int = _setting(
+        0, "Seed of the tiny and random presets' weights.", minimum=0, rebuild=True
+    )
 
     # Image geometry.
-    short_side: int | None = None  # resize so the short side is this (0: keep size)
-    max_long_side: int = 2048  # mmseg's Resize(scale=(2048, short_side), keep_ratio=True)
-    window_size: int = 224
-    window_stride: int = 112
-    whole_image: bool = False  # one forward pass over the whole image (PEARL on VOC)
+    short_side: int | None = _setting(
+        None, "Resize so the image's short side is this (0 = keep size).", minimum=0
+    )
+    max_long_side: int = _setting(
+        2048, "Upper bound of the long side after resizing.", minimum=1
+    )  # mmseg's Resize(scale=(2048, short_side), keep_ratio=True)
+    window_size: int = _setting(224, "Sliding window size in pixels.", minimum=1)
+    window_stride: int = _setting(
+        112, "Sliding window stride in pixels (at most window_size).", minimum=1
+    )
+    whole_image: bool = _setting(
+        False, "One forward pass over the whole image instead of windows (PEARL on VOC)."
+    )
 
     # Scores -> probabilities.
-    logit_scale: float = 40.0
-    prob_threshold: float = 0.0  # below it a pixel gets entry 0 (the background entry)
+    logit_scale: float = _setting(
+        40.0, "Probabilities = softmax(logit_scale * cosine).", minimum=0.0, min_open=True
+    )
+    prob_threshold: float = _setting(
+        0.0, "Pixels whose probability is below this get entry 0.", minimum=0.0, maximum=1.0
+    )
 
     # PEARL: Procrustes-aligned attention in the last block.
-    alpha_kk: float = 0.08
-    use_kk: bool = True
-    procrustes_solver: str = "polar"
-    polar_iters: int = 5
+    alpha_kk: float = _setting(
+        0.08, "PEARL: weight of the key-key attention term (0.3 outdoors).", minimum=0.0
+    )
+    use_kk: bool = _setting(True, "PEARL: add the key-key attention term.")
+    procrustes_solver: str = _setting(
+        "polar", "PEARL: orthogonal factor solver (Newton-Schulz or SVD).", choices=SOLVERS
+    )
+    polar_iters: int = _setting(5, "PEARL: Newton-Schulz iterations.", minimum=0)
 
     # PEARL: text-aware Laplacian propagation (a refiner usable after any method).
-    tlp: bool | None = None
-    tlp_grid: int = 80
-    tlp_iters: int = 25
+    tlp: bool | None = _setting(None, "Text-aware Laplacian propagation (pearl: on).")
+    tlp_grid: int = _setting(80, "TLP: grid size (224 for Cityscapes).", minimum=1)
+    tlp_iters: int = _setting(25, "TLP: conjugate-gradient steps.", minimum=0)
 
     # LPOSS: one kNN graph over the patches of all windows.
-    lposs_k: int = 400
-    lposs_gamma: float = 3.0
-    lposs_sigma: float = 0.01
-    lposs_alpha: float = 0.95
-    lposs_iters: int = 10
+    lposs_k: int = _setting(400, "LPOSS: nearest neighbours per patch.", minimum=1)
+    lposs_gamma: float = _setting(3.0, "LPOSS: similarity exponent.", minimum=0.0)
+    lposs_sigma: float = _setting(0.01, "LPOSS: spatial decay per pixel.", minimum=0.0)
+    lposs_alpha: float = _setting(
+        0.95, "LPOSS: propagation strength.", minimum=0.0, maximum=1.0, max_open=True
+    )
+    lposs_iters: int = _setting(10, "LPOSS: conjugate-gradient steps.", minimum=0)
 
     # LPOSS+: pixel-level propagation (a refiner usable after any method).
-    pixel_refine: bool | None = None
-    pixel_radius: int = 6
-    pixel_tau: float = 0.01
-    pixel_alpha: float = 0.95
-    pixel_iters: int = 10
+    pixel_refine: bool | None = _setting(None, "LPOSS+ pixel-level refinement (lposs_plus: on).")
+    pixel_radius: int = _setting(6, "LPOSS+: neighbourhood radius (6 -> 13x13).", minimum=0)
+    pixel_tau: float = _setting(
+        0.01, "LPOSS+: colour distance temperature.", minimum=0.0, min_open=True
+    )
+    pixel_alpha: float = _setting(
+        0.95, "LPOSS+: propagation strength.", minimum=0.0, maximum=1.0, max_open=True
+    )
+    pixel_iters: int = _setting(10, "LPOSS+: conjugate-gradient steps.", minimum=0)
+
+    # Backbone acceleration (segmentation/accel.py): off until measured faster on the GPU used.
+    compile: bool = _setting(
+        False,
+        "torch.compile the backbone for the fixed window batch (first frame compiles, slow); "
+        "falls back to eager with a warning if compiling fails.",
+        rebuild=True,
+    )
+    cuda_graphs: bool = _setting(
+        False,
+        "Replay the backbone's fixed-shape window batch as a CUDA graph (CUDA only; "
+        "elsewhere, or if capture fails, eager with a warning).",
+        rebuild=True,
+    )
 
     # Tiny preset sizes (random weights, same architectures).
-    tiny_width: int = 64
-    tiny_layers: int = 2
+    tiny_width: int = _setting(
+        64, "Tiny preset: transformer width (a multiple of 32).", minimum=32, rebuild=True
+    )
+    tiny_layers: int = _setting(2, "Tiny preset: transformer layers.", minimum=1, rebuild=True)
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, METHODS)
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_choice("procrustes_solver", self.procrustes_solver, SOLVERS)
-        _check_choice("preset", self.preset, PRESETS)
-        _check_choice("templates", self.templates, ("imagenet80", "single"))
-        positive = ("window_size", "window_stride", "tlp_grid", "lposs_k", "max_long_side")
-        for name in positive:
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for spec in field_specs():
+            spec.check(getattr(self, spec.name))
         if self.window_stride > self.window_size:
             raise ValueError("window_stride must not exceed window_size (windows would leave gaps)")
-        if self.short_side is not None and self.short_side < 0:
-            raise ValueError(f"short_side must be >= 0, got {self.short_side}")
-        for name in ("polar_iters", "tlp_iters", "lposs_iters", "pixel_iters", "pixel_radius"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lposs_alpha", "pixel_alpha"):
-            if not 0.0 <= float(getattr(self, name)) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0.0 <= self.prob_threshold <= 1.0:
-            raise ValueError(f"prob_threshold must be in [0, 1], got {self.prob_threshold}")
-        if self.pixel_tau <= 0 or self.logit_scale <= 0:
-            raise ValueError("pixel_tau and logit_scale must be > 0")
-        if self.tiny_width % 32 or self.tiny_width <= 0 or self.tiny_layers < 1:
-            raise ValueError("tiny_width must be a positive multiple of 32, tiny_layers >= 1")
+        if self.tiny_width % 32:
+            raise ValueError(f"tiny_width must be a multiple of 32, got {self.tiny_width}")
 
     # -- construction ------------------------------------------------------------------------
 
@@ -170,21 +289,7 @@ class SegmenterConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown SegmenterConfig keys: {unknown}; known: {sorted(known)}")
-        kwargs = {k: _coerce(k, v) for k, v in values.items()}
-        return cls(**kwargs)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> SegmenterConfig:
-        """Load a YAML mapping of fields (a plain mapping, or a ROS 2 params file)."""
-        import yaml
-
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        data = _ros_parameters(data) or data
-        known = set(cls.field_names())
-        return cls.from_dict({k: v for k, v in data.items() if k in known})
+        return cls(**{k: _coerce(k, v) for k, v in values.items()})
 
     def replace(self, **changes: Any) -> SegmenterConfig:
         unknown = sorted(set(changes) - set(self.field_names()))
@@ -197,7 +302,7 @@ class SegmenterConfig:
 
     def resolved(self) -> SegmenterConfig:
         """Fill every ``None`` with the method's official default and pick the device."""
-        defaults = _METHOD_DEFAULTS[self.method]
+        defaults = method_spec(self.method).defaults
         changes = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         if self.device == "auto":
             import torch
@@ -206,72 +311,69 @@ class SegmenterConfig:
         return dataclasses.replace(self, **changes) if changes else self
 
 
-# Dataset presets from the official configs (PEARL configs/cfg_*.py, LPOSS dataset configs).
-_PEARL_DATASETS: dict[str, dict[str, Any]] = {
-    "voc21": {"whole_image": True, "prob_threshold": 0.1},
-    "voc20": {"whole_image": True},
-    "context60": {"prob_threshold": 0.1},
-    "context59": {},
-    "coco_object": {"prob_threshold": 0.1},
-    "coco_stuff": {},
-    "cityscapes": {"alpha_kk": 0.3, "tlp_grid": 224, "short_side": 560},
-    "ade20k": {"alpha_kk": 0.3},
-}
-DATASETS = tuple(_PEARL_DATASETS)
+@functools.cache
+def field_specs() -> tuple[FieldSpec, ...]:
+    """One :class:`FieldSpec` per :class:`SegmenterConfig` field, in declaration order."""
+    hints = typing.get_type_hints(SegmenterConfig)
+    specs = []
+    for f in fields(SegmenterConfig):
+        kind, optional = _base_type(hints[f.name])
+        if kind not in FIELD_TYPES:
+            raise TypeError(f"SegmenterConfig.{f.name}: unsupported type {hints[f.name]}")
+        specs.append(FieldSpec(f.name, kind, f.default, optional=optional, **f.metadata))
+    return tuple(specs)
 
 
-def dataset_preset(dataset: str, method: str) -> dict[str, Any]:
-    """Overrides that reproduce a method's official evaluation setting on ``dataset``."""
-    if dataset not in _PEARL_DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {list(DATASETS)}")
-    _check_choice("method", method, METHODS)
-    if method == "pearl":
-        return {"short_side": 336, **_PEARL_DATASETS[dataset]}
-    # LPOSS evaluates every dataset with 448 short side, 224/112 windows, plain argmax.
-    return {"short_side": 448, "whole_image": False, "prob_threshold": 0.0}
+def field_spec(name: str) -> FieldSpec:
+    """The :class:`FieldSpec` of field ``name`` (``KeyError`` if there is none)."""
+    return _specs_by_name()[name]
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+@functools.cache
+def _specs_by_name() -> dict[str, FieldSpec]:
+    return {spec.name: spec for spec in field_specs()}
 
+
+def _base_type(hint: Any) -> tuple[Any, bool]:
+    """``int | None`` -> ``(int, True)``; ``float`` -> ``(float, False)``."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return hint, False
+
+
+# Settings that shape the models or the text cache: changing them needs a new Segmenter.
+# Every other field is an inference knob that ``Segmenter.update_config`` changes at runtime.
+REBUILD_FIELDS = frozenset(spec.name for spec in field_specs() if spec.rebuild)
 
 _BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+_UNSET_WORDS = ("", "auto", "default")
 
 
 def _coerce(name: str, value: Any) -> Any:
     """Accept the loose types YAML and ROS parameters produce (int for float, '' for None)."""
-    spec = {f.name: f for f in fields(SegmenterConfig)}.get(name)
+    spec = _specs_by_name().get(name)
     if spec is None:
         return value
-    kind = str(spec.type)
-    optional = "None" in kind
-    if optional and (value is None or value in ("", "auto", "default") or value == -1):
+    if spec.optional and (value is None or value == spec.unset or value in _UNSET_WORDS):
         return None
-    if kind.startswith("bool"):
+    if spec.type is bool:
         if isinstance(value, str) and value.lower() in _BOOL_WORDS:
             return _BOOL_WORDS[value.lower()]
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be a boolean, got {value!r}")
         return value
-    if kind.startswith("int"):
-        if isinstance(value, bool) or not float(value).is_integer():
+    if spec.type is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        if not float(value).is_integer():
             raise ValueError(f"{name} must be an integer, got {value!r}")
         return int(value)
-    if kind.startswith("float"):
-        if isinstance(value, bool):
+    if spec.type is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name} must be a number, got {value!r}")
         return float(value)
-    if kind.startswith("str"):
-        if not isinstance(value, str):
-            raise ValueError(f"{name} must be a string, got {value!r}")
-        return value
+    if spec.type is str and not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
     return value
-
-
-def _ros_parameters(data: dict[str, Any]) -> dict[str, Any] | None:
-    """The first node's ``ros__parameters`` of a ROS 2 params file, if ``data`` is one."""
-    for value in data.values():
-        if isinstance(value, dict) and "ros__parameters" in value:
-            return value["ros__parameters"] or {}
-    return None

@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .backbone_check import DINO_PARTS, check_structure
 from .clip_backbone import _torch_dtype, interpolate_pos_embed
-from .weights import dino_source, resolve
+from .weights import dino_source, loading, resolve
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,7 +51,9 @@ def build_dino(config) -> nn.Module:
             "dino_weights",
         )
         model = timm.create_model(config.dino_model, pretrained=False, num_classes=0)
-        _load_state(model, path)
+        with loading(path, f"DINO {config.dino_model}"):  # one line, not a traceback
+            _load_state(model, path)
+    check_structure(model, DINO_PARTS, "timm", f"DINO {config.dino_model}")
     model.eval().requires_grad_(False)
     return model.to(device=config.device, dtype=_torch_dtype(config.dtype))
 

@@ -184,10 +184,8 @@ def text_aware_propagation(
 ) -> torch.Tensor:
     """PEARL's TLP: refine dense logits by a text-aware, confidence-weighted Laplacian solve.
 
-    On a grid of about ``grid x grid`` cells (average pooling), with ``p = softmax(logits)``:
-    data weight ``rho = max(max_c p, 0.05)^2 (1 + agree(p, p))``, 4-neighbour edge weights
-    ``clamp(exp(-5 |grad gray| / mean|grad gray|) (1 + agree(p_i, p_j)), 0, 1)``, and
-    ``(diag(rho) + L) F = rho Z`` solved by ``iters`` CG steps from ``Z``; then upsampled.
+    On a grid of about ``grid x grid`` cells (average pooling, ``tlp_pool_factors``), then
+    ``tlp_solve``, then upsampled back to the input size.
 
     Args:
         image: ``[B, 3, H, W]`` the image as fed to the model (CLIP-normalised RGB).
@@ -199,16 +197,63 @@ def text_aware_propagation(
     b, c, h, w = logits.shape
     if image.shape[0] != b or image.shape[-2:] != (h, w):
         raise ValueError(f"image {tuple(image.shape)} does not match logits {tuple(logits.shape)}")
-    if text_embeddings.shape[0] != c:
-        raise ValueError(f"{text_embeddings.shape[0]} text embeddings for {c} logit channels")
     out_dtype = logits.dtype
-    prior_diag = torch.diagonal(text_prior(text_embeddings.to(logits.device)))[None, :, None, None]
-
-    sh, sw = _grid_factors(h, w, grid)
+    sh, sw = tlp_pool_factors(h, w, grid)
     img_s, log_s = image.float(), logits.float()
     if sh > 1 or sw > 1:
         img_s = F.avg_pool2d(img_s, (sh, sw), stride=(sh, sw))
         log_s = F.avg_pool2d(log_s, (sh, sw), stride=(sh, sw))
+    refined = tlp_solve(
+        img_s,
+        log_s,
+        text_embeddings,
+        iters=iters,
+        edge_scale=edge_scale,
+        min_confidence=min_confidence,
+    )
+    if sh > 1 or sw > 1:
+        refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
+    return refined.to(out_dtype)
+
+
+def tlp_pool_factors(h: int, w: int, grid: int) -> tuple[int, int]:
+    """Average-pooling kernel (= stride) ``(sh, sw)`` that takes an ``h x w`` map to about
+    ``grid x grid`` cells; ``(1, 1)`` means TLP works at full resolution."""
+    return _grid_factors(h, w, grid)
+
+
+def tlp_solve(
+    image: torch.Tensor,
+    logits: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    *,
+    iters: int = 25,
+    edge_scale: float = 5.0,
+    min_confidence: float = 0.05,
+) -> torch.Tensor:
+    """TLP's solve on the (already pooled) grid, without the final upsampling.
+
+    With ``p = softmax(logits)``: data weight ``rho = max(max_c p, 0.05)^2 (1 + agree(p, p))``,
+    4-neighbour edge weights ``clamp(exp(-5 |grad gray| / mean|grad gray|) (1 +
+    agree(p_i, p_j)), 0, 1)``, and ``(diag(rho) + L) F = rho Z`` solved by ``iters`` CG steps
+    from ``Z``. The official code runs one image at a time and normalises the gradients by
+    their mean over the batch; for ``B > 1`` the mean is taken per image, so every image of a
+    batch is refined exactly as it would be alone.
+
+    Args:
+        image: ``[B, 3, h, w]`` pooled CLIP-normalised image (float32).
+        logits: ``[B, C, h, w]`` pooled logits (float32).
+        text_embeddings: ``[C, D]``.
+    Returns:
+        refined logits ``[B, C, h, w]`` float32.
+    """
+    b, c, h, w = logits.shape
+    if image.shape[0] != b or image.shape[-2:] != (h, w):
+        raise ValueError(f"image {tuple(image.shape)} does not match logits {tuple(logits.shape)}")
+    if text_embeddings.shape[0] != c:
+        raise ValueError(f"{text_embeddings.shape[0]} text embeddings for {c} logit channels")
+    prior_diag = torch.diagonal(text_prior(text_embeddings.to(logits.device)))[None, :, None, None]
+    img_s, log_s = image.float(), logits.float()
 
     probs = torch.softmax(log_s, dim=1)
     weighted = prior_diag * probs  # the diagonal of G acting on p (see module docstring)
@@ -223,14 +268,14 @@ def text_aware_propagation(
     grad_v = (gray[..., 1:, :] - gray[..., :-1, :]).abs()
     # Normalise first, then scale: the official order of operations. CG amplifies one-ulp
     # differences in the weights, so the order matters for bit-level agreement.
-    edge_h = torch.exp(-edge_scale * (grad_h / (grad_h.mean() + _EPS)))
-    edge_v = torch.exp(-edge_scale * (grad_v / (grad_v.mean() + _EPS)))
+    edge_h = torch.exp(-edge_scale * (grad_h / (_mean_per_image(grad_h) + _EPS)))
+    edge_v = torch.exp(-edge_scale * (grad_v / (_mean_per_image(grad_v) + _EPS)))
     gate_h = (probs[..., :, 1:] * weighted[..., :, :-1]).sum(dim=1, keepdim=True).clamp(0.0, 1.0)
     gate_v = (probs[..., 1:, :] * weighted[..., :-1, :]).sum(dim=1, keepdim=True).clamp(0.0, 1.0)
     w_h = (edge_h * (1.0 + gate_h)).clamp(0.0, 1.0)
     w_v = (edge_v * (1.0 + gate_v)).clamp(0.0, 1.0)
 
-    refined = conjugate_gradient(
+    return conjugate_gradient(
         lambda x: rho * x + _laplacian(x, w_h, w_v),
         rho * log_s,
         x0=log_s,
@@ -238,6 +283,11 @@ def text_aware_propagation(
         reduce_dims=(1, 2, 3),
         eps=1e-12,
     )
-    if sh > 1 or sw > 1:
-        refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
-    return refined.to(out_dtype)
+
+
+def _mean_per_image(x: torch.Tensor) -> torch.Tensor:
+    """Mean over all elements for one image (the official reduction, bit for bit), else per
+    image ``[B, 1, 1, 1]``."""
+    if x.shape[0] == 1:
+        return x.mean()
+    return x.mean(dim=(1, 2, 3), keepdim=True)

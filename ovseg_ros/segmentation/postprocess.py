@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 
 
 def reduce_scores(
@@ -39,3 +43,187 @@ def reduce_scores(
     probs = probs / probs.sum(dim=0, keepdim=True).clamp_min(1e-12)
     confidence = probs.gather(0, labels[None])[0]
     return labels, confidence, probs
+
+
+# --- at the output size, without C x H x W ------------------------------------------------------
+
+# Elements of one upsampled chunk of classes (64 MB in float32): bounds the peak memory of
+# ``reduce_upsampled`` at ``CHUNK_ELEMENTS + ~6 H W`` values, whatever the number of classes.
+CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class OutputMaps:
+    """Labels and confidence at the output size, plus what per-entry probabilities need.
+
+    ``probability(e) = exp(logit_scale * (score_e - max_score)) / norm`` with ``score_e`` the
+    max over ``e``'s synonyms of the upsampled scores (all ``[H, W]``).
+    """
+
+    labels: torch.Tensor  # [H, W] int32
+    confidence: torch.Tensor  # [H, W] float32
+    max_score: torch.Tensor  # [H, W] float32: max over queries of the score
+    norm: torch.Tensor  # [H, W] float32: sum over entries of exp(scale (score_e - max_score))
+
+
+def entry_offsets(query_to_entry: Sequence[int], num_entries: int) -> list[int]:
+    """``[num_entries + 1]`` start of each entry's queries, the queries being grouped by entry
+    in entry order (as ``Vocabulary.queries`` lists them); ``ValueError`` otherwise."""
+    counts = [0] * num_entries
+    previous = 0
+    for entry in query_to_entry:
+        if entry < previous or entry >= num_entries:
+            raise ValueError("queries must be grouped by entry, in entry order")
+        counts[entry] += 1
+        previous = entry
+    if min(counts, default=1) == 0:
+        raise ValueError("every entry needs at least one query")
+    offsets = [0]
+    for count in counts:
+        offsets.append(offsets[-1] + count)
+    return offsets
+
+
+def upsample_chunk(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[Qc, h, w]`` -> ``[Qc, *size]`` bilinear (the same call, per channel, as upsampling all
+    channels at once: each output value is computed the same way, so results are identical)."""
+    if tuple(scores.shape[-2:]) == tuple(size):
+        return scores.clone()
+    return F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def _entry_scores(
+    scores: torch.Tensor,
+    offsets: Sequence[int],
+    first: int,
+    last: int,
+    size: tuple[int, int],
+    finite: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entries ``first..last-1``: scores upsampled to ``size`` and reduced over synonyms
+    ``[Ec, H, W]``, and the per-query upsampled scores ``[Qc, H, W]`` (the same tensor when
+    every entry has one synonym). ``finite``: the low-resolution scores have no NaN / inf (a
+    bilinear mix of finite values is finite, so ``reduce_scores``' clean-up is a no-op)."""
+    q0, q1 = offsets[first], offsets[last]
+    queries = upsample_chunk(scores[q0:q1], size).float()
+    if not finite:
+        queries = torch.nan_to_num_(queries, nan=0.0, posinf=1e4, neginf=-1e4)
+    if q1 - q0 == last - first:
+        return queries, queries
+    owner = torch.repeat_interleave(
+        torch.arange(last - first),
+        torch.tensor(offsets[first + 1 : last + 1]) - torch.tensor(offsets[first:last]),
+    ).to(queries.device)
+    index = owner.view(-1, 1, 1).expand_as(queries)  # a view: no Qc x H x W index tensor
+    entries = queries.new_empty((last - first, *queries.shape[1:]))
+    entries = entries.scatter_reduce_(0, index, queries, reduce="amax", include_self=False)
+    return entries, queries
+
+
+def _exp_shifted(x: torch.Tensor, scale: float, max_score: torch.Tensor) -> torch.Tensor:
+    """``exp(scale * (x - max_score))`` in place of ``x`` (exactly 1 at the maximum)."""
+    return x.sub_(max_score).mul_(scale).exp_()
+
+
+def _chunks(offsets: Sequence[int], pixels: int, chunk_elements: int) -> list[tuple[int, int]]:
+    """Consecutive entry ranges whose queries fill about ``chunk_elements`` values each."""
+    per_chunk = max(1, chunk_elements // max(pixels, 1))
+    ranges, first = [], 0
+    num_entries = len(offsets) - 1
+    while first < num_entries:
+        last = first + 1
+        while last < num_entries and offsets[last + 1] - offsets[first] <= per_chunk:
+            last += 1
+        ranges.append((first, last))
+        first = last
+    return ranges
+
+
+def reduce_upsampled(
+    scores: torch.Tensor,
+    size: tuple[int, int],
+    offsets: Sequence[int],
+    *,
+    logit_scale: float = 40.0,
+    prob_threshold: float = 0.0,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> OutputMaps:
+    """``reduce_scores(upsample(scores, size), ...)``'s labels and confidence, never holding
+    the ``C x H x W`` upsampled scores or probabilities.
+
+    Classes go through in chunks of about ``chunk_elements`` values: each chunk is upsampled
+    (bilinear, bit-identical to upsampling all classes at once) and folded into running
+    per-pixel maps, in two passes: (1) the max score ``m`` and the first entry reaching it;
+    (2) with ``v = logit_scale * (score - m)``, ``Z = sum_q exp(v_q)`` (the softmax normaliser)
+    and ``S = sum_e exp(v_e)`` over entries (``v_e``: max over the entry's synonyms). Then, as
+    in ``reduce_scores``, the best entry's probability is ``1 / Z`` (checked against
+    ``prob_threshold``) and the label's after renormalisation ``exp(v_label) / S``. Peak
+    memory: one chunk plus about six ``[H, W]`` maps.
+
+    Args:
+        scores: ``[Q, h, w]`` per-query scores at any resolution.
+        size: ``(H, W)`` output size.
+        offsets: ``entry_offsets`` of the vocabulary (queries grouped by entry).
+    Returns:
+        ``OutputMaps`` at ``size``; labels agree with ``reduce_scores`` (a label can differ only
+        where two entries' probabilities tie to the last bit), confidence to ~1e-7.
+    """
+    ranges = _chunks(offsets, size[0] * size[1], chunk_elements)
+    finite = bool(torch.isfinite(scores).all())
+    # Pass 1 compares raw scores: x -> logit_scale * x is monotone, so the max and the first
+    # entry reaching it are those of the logits.
+    best_score = labels = first_score = None
+    for first, last in ranges:
+        entries, _ = _entry_scores(scores, offsets, first, last, size, finite)
+        if last - first == 1:
+            best, index = entries[0], None
+        else:
+            best, index = entries.max(dim=0)  # first maximum on ties, as reduce_scores
+        if best_score is None:
+            best_score = best.clone()
+            labels = (index if index is not None else torch.zeros_like(best)).to(torch.int32)
+        else:
+            better = best > best_score  # strict: an earlier entry wins a tie
+            if index is None:
+                labels.masked_fill_(better, first)
+            else:
+                labels = torch.where(better, index.to(torch.int32) + first, labels)
+            best_score = torch.maximum(best_score, best, out=best_score)
+        if first == 0 and prob_threshold > 0:
+            first_score = entries[0].clone()  # the background entry's score
+        del entries, best, index
+    norm = torch.zeros_like(best_score)
+    softmax_norm = torch.zeros_like(best_score) if prob_threshold > 0 else None
+    for first, last in ranges:  # pass 2: normalisers
+        entries, queries = _entry_scores(scores, offsets, first, last, size, finite)
+        if softmax_norm is not None:
+            if queries is entries:
+                queries = queries.clone()
+            softmax_norm += _exp_shifted(queries, logit_scale, best_score).sum(dim=0)
+        norm += _exp_shifted(entries, logit_scale, best_score).sum(dim=0)
+        del entries, queries
+    if softmax_norm is None:
+        confidence = norm.reciprocal()
+    else:
+        below = softmax_norm.reciprocal_() < prob_threshold  # the best entry's probability
+        labels.masked_fill_(below, 0)
+        numerator = torch.where(below, first_score.sub_(best_score).mul_(logit_scale), 0.0)
+        confidence = numerator.exp_().div_(norm)
+    return OutputMaps(labels, confidence, best_score, norm)
+
+
+def entry_probability(
+    scores: torch.Tensor,
+    maps: OutputMaps,
+    offsets: Sequence[int],
+    entry: int,
+    *,
+    logit_scale: float = 40.0,
+) -> torch.Tensor:
+    """``[H, W]`` probability of one entry at the output size (``reduce_scores``'s value)."""
+    if not 0 <= entry < len(offsets) - 1:
+        raise IndexError(f"entry {entry} out of range for {len(offsets) - 1} entries")
+    size = tuple(maps.max_score.shape)
+    finite = bool(torch.isfinite(scores[offsets[entry] : offsets[entry + 1]]).all())
+    entries, _ = _entry_scores(scores, offsets, entry, entry + 1, size, finite)
+    return _exp_shifted(entries[0], logit_scale, maps.max_score).div_(maps.norm)

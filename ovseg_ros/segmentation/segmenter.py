@@ -5,15 +5,24 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import accel
 from . import clip_backbone as clip
+from .batch import (
+    StageTimer,
+    batched_windows,
+    dino_features,
+    group_by_shape,
+    maskclip_features,
+    pearl_tokens,
+    text_aware_refine,
+)
 from .config import REBUILD_FIELDS, SegmenterConfig
 from .geometry import (
     crop_windows,
@@ -23,78 +32,29 @@ from .geometry import (
     stitch_patch_scores,
     window_boxes,
 )
-from .pearl import text_aware_propagation
-from .postprocess import reduce_scores
-from .text_cache import TextEmbeddingCache, default_cache_dir
+from .methods import method_spec
+from .postprocess import entry_offsets, reduce_upsampled
+from .result import SegmentationResult
+from .text_cache import EncodingCancelled, TextEmbeddingCache, default_cache_dir
 from .vocabulary import Vocabulary, build_vocabulary
+from .vocabulary_state import (
+    PreparedVocabulary,
+    VocabularyCancelled,
+    VocabularyState,
+    as_cancel_check,
+)
 
 MAX_IMAGE_SIDE = 16384  # larger frames are a corrupt header, not a camera
-
-
-class SegmentationResult:
-    """One frame's output. Arrays are numpy, at the input image's resolution.
-
-    ``probabilities`` stays on the device until first read, so callers that only need labels
-    and confidence (the ROS node) never pay for the ``C x H x W`` transfer.
-    """
-
-    def __init__(
-        self,
-        labels: np.ndarray,
-        confidence: np.ndarray,
-        probabilities: torch.Tensor,
-        vocabulary: Vocabulary,
-        timings: dict[str, float],
-    ) -> None:
-        self.labels = labels
-        self.confidence = confidence
-        self.vocabulary = vocabulary
-        self.timings = timings
-        self._probabilities = probabilities
-
-    @cached_property
-    def probabilities(self) -> np.ndarray:
-        """``float32 [C, H, W]``: per entry, sums to 1 over entries."""
-        return self._probabilities.float().cpu().numpy()
-
-    def probability_of(self, index: int) -> np.ndarray:
-        """``float32 [H, W]`` for one entry, without transferring the others."""
-        return self._probabilities[index].float().cpu().numpy()
-
-
-@dataclass(frozen=True)
-class _VocabularyState:
-    vocabulary: Vocabulary
-    text: torch.Tensor  # [Q, D] on the device, one row per synonym
-    query_to_entry: torch.Tensor  # [Q] long
-
-
-class _StageTimer:
-    """Wall-clock per stage; synchronises CUDA so a stage's time is its own."""
-
-    def __init__(self, device: torch.device) -> None:
-        self._cuda = device.type == "cuda"
-        self.timings: dict[str, float] = {}
-        self._start = self._last = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        if self._cuda:
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.timings[stage] = self.timings.get(stage, 0.0) + now - self._last
-        self._last = now
-
-    def finish(self) -> dict[str, float]:
-        self.timings["total"] = self._last - self._start
-        return self.timings
+MAX_WINDOWS = 64  # windows per backbone forward pass (all frames of a batch together)
 
 
 class Segmenter:
     """Training-free open-vocabulary segmentation with PEARL, MaskCLIP, LPOSS or LPOSS+.
 
-    Thread safety: ``set_vocabulary`` may run while another thread is in ``segment``; each
-    ``segment`` call uses the vocabulary that was current when it started, so its labels refer
-    to exactly one vocabulary version.
+    Thread safety: a vocabulary change may be prepared (``prepare_vocabulary``: validation
+    and text encoding, possibly long) on one thread while another runs ``segment``; it takes
+    effect with ``activate_vocabulary``, an atomic swap. Each ``segment`` call uses the
+    vocabulary that was active when it started, so its labels refer to exactly one version.
     """
 
     def __init__(self, config: SegmenterConfig) -> None:
@@ -107,8 +67,9 @@ class Segmenter:
         self._clip = clip.build_clip(cfg, fallback_pretrained=fallback)
         if self._clip.pretrained != cfg.clip_pretrained and self._clip.pretrained is not None:
             self.config = cfg = dataclasses.replace(cfg, clip_pretrained=self._clip.pretrained)
+        self._method = method_spec(cfg.method)
         self._dino = None
-        if cfg.method in ("lposs", "lposs_plus"):
+        if self._method.needs_dino:
             from .dino_backbone import build_dino
 
             self._dino = build_dino(cfg)
@@ -123,15 +84,42 @@ class Segmenter:
             lambda names: clip.encode_class_names(self._clip, names, templates),
             key=f"{self._clip.weights_key}|{cfg.templates}",
             directory=directory,
+            # Names per text forward pass: about TEXT_BATCH prompts (templates x names).
+            batch_names=max(1, clip.TEXT_BATCH // len(templates)),
         )
-        self._state: _VocabularyState | None = None
+        self.max_windows = MAX_WINDOWS
+        self._state: VocabularyState | None = None
         self._version = 0
+        self._requests = 0  # vocabulary changes asked for (a newer one supersedes the others)
         self._vocab_lock = threading.Lock()
         mean, std = torch.tensor(clip.CLIP_MEAN), torch.tensor(clip.CLIP_STD)
         self._clip_norm = (
             mean.view(1, 3, 1, 1).to(self.device),
             std.view(1, 3, 1, 1).to(self.device),
         )
+        self._build_backbone_calls(cfg)
+
+    def _build_backbone_calls(self, cfg: SegmenterConfig) -> None:
+        """The window-batch functions, eager or accelerated (``accel``: compile, CUDA graphs).
+
+        Each maps windows ``[n, 3, s, t]`` (in [0, 1]) to per-window tensors and the grid."""
+        visual = self._clip.model.visual
+        options = {"device": self.device, "compile": cfg.compile, "cuda_graphs": cfg.cuda_graphs}
+        if self._method.scorer == "pearl":
+            clip_fn = partial(pearl_tokens, visual, self._clip_norm)
+        else:
+            clip_fn = partial(maskclip_features, visual, self._clip_norm)
+        self._clip_call = accel.wrap(clip_fn, name="CLIP backbone", **options)
+        self._dino_call = None
+        if self._dino is not None:
+            from .dino_backbone import IMAGENET_MEAN, IMAGENET_STD
+
+            norm = (
+                torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1),
+                torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1),
+            )
+            dino_fn = partial(dino_features, self._dino, norm)
+            self._dino_call = accel.wrap(dino_fn, name="DINO backbone", **options)
 
     # -- vocabulary -----------------------------------------------------------------------------
 
@@ -140,21 +128,77 @@ class Segmenter:
         state = self._state
         return None if state is None else state.vocabulary
 
-    def set_vocabulary(self, entries: Sequence[str], *, strict: bool = True) -> Vocabulary:
-        """Validate and install a new vocabulary; returns it with a new version number.
+    def prepare_vocabulary(
+        self,
+        entries: Sequence[str],
+        *,
+        strict: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+        cancel: object = None,
+    ) -> PreparedVocabulary:
+        """Validate and encode a vocabulary without touching the active one (any thread).
 
-        Raises ``ValueError`` (empty list, blank or duplicate names) and leaves the current
-        vocabulary untouched. Only names never seen before are encoded by the text model.
-        ``strict=False`` lets a name appear in several entries (benchmark class lists).
+        Raises ``ValueError`` for an invalid list (empty, blank or duplicate names; nothing
+        changes then). Only names never seen before are encoded, ``text_cache.batch_names``
+        names (times the prompt templates) per forward pass; after each pass
+        ``progress(done, total)`` is called with names encoded so far and names to encode.
+        Raises ``VocabularyCancelled`` between passes when ``cancel`` (an Event or a callable)
+        is set, or when a newer ``prepare_vocabulary`` call has started: a newer change
+        supersedes a pending one. ``strict=False`` lets a name appear in several entries
+        (benchmark class lists).
         """
         self._require_models()
+        started = time.perf_counter()
+        vocabulary = build_vocabulary(entries, version=0, strict=strict)
         with self._vocab_lock:
-            vocabulary = build_vocabulary(entries, version=self._version + 1, strict=strict)
-            text = self.text_cache.get(vocabulary.queries).to(self.device)
-            mapping = torch.tensor(vocabulary.query_to_entry, device=self.device)
+            self._requests += 1
+            request = self._requests
+        user_cancel = as_cancel_check(cancel)
+
+        def stop() -> bool:
+            if request < self._requests or self._clip is None:  # superseded, or released
+                return True
+            return user_cancel is not None and user_cancel()
+
+        missing = self.text_cache.missing(vocabulary.queries)
+        try:
+            text = self.text_cache.get(vocabulary.queries, progress=progress, cancel=stop)
+        except EncodingCancelled as exc:
+            why = "superseded by a newer change" if request < self._requests else "cancelled"
+            if self._clip is None:
+                why = "stopped: the segmenter was released"
+            raise VocabularyCancelled(f"vocabulary change {why} ({exc})") from None
+        mapping = vocabulary.query_to_entry
+        return PreparedVocabulary(
+            vocabulary=vocabulary,
+            text=text.to(self.device),
+            query_to_entry=torch.tensor(mapping, device=self.device),
+            offsets=tuple(entry_offsets(mapping, len(vocabulary))),
+            request=request,
+            encoded=len(missing),
+            seconds=time.perf_counter() - started,
+        )
+
+    def activate_vocabulary(self, prepared: PreparedVocabulary) -> Vocabulary:
+        """Make a prepared vocabulary the active one (atomic: a frame in progress keeps the
+        one it started with); returns it with its new version number. Raises
+        ``VocabularyCancelled`` if a newer change was asked for since it was prepared."""
+        self._require_models()
+        with self._vocab_lock:
+            if prepared.request < self._requests:
+                raise VocabularyCancelled("vocabulary change superseded by a newer change")
+            vocabulary = dataclasses.replace(prepared.vocabulary, version=self._version + 1)
             self._version = vocabulary.version
-            self._state = _VocabularyState(vocabulary, text, mapping)
+            self._state = VocabularyState(
+                vocabulary, prepared.text, prepared.query_to_entry, prepared.offsets
+            )
             return vocabulary
+
+    def set_vocabulary(self, entries: Sequence[str], *, strict: bool = True) -> Vocabulary:
+        """``prepare_vocabulary`` then ``activate_vocabulary``: install a new vocabulary and
+        return it with a new version number. Raises ``ValueError`` (empty list, blank or
+        duplicate names) and leaves the current vocabulary untouched."""
+        return self.activate_vocabulary(self.prepare_vocabulary(entries, strict=strict))
 
     def update_config(self, **changes) -> SegmenterConfig:
         """Change inference knobs (windows, thresholds, PEARL / LPOSS settings) from the next
@@ -170,18 +214,102 @@ class Segmenter:
 
     # -- inference ------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def segment(self, rgb: np.ndarray) -> SegmentationResult:
         """Segment one ``uint8 [H, W, 3]`` RGB frame with the current vocabulary."""
+        return self.segment_batch([rgb])[0]
+
+    @torch.inference_mode()
+    def segment_batch(self, images: Sequence[np.ndarray]) -> list[SegmentationResult]:
+        """Segment several ``uint8 [H_i, W_i, 3]`` RGB frames (sizes may differ) together.
+
+        The windows of all frames go through the backbone together (up to ``max_windows``
+        per forward pass); LPOSS's graph solve and TLP's solve run batched over frames of the
+        same shape (LPOSS+'s pixel step runs per frame). Each result equals ``segment`` of
+        that frame alone (to float rounding), and all use the same vocabulary. ``timings``
+        are those of the whole batch (the same in every result). A bad frame raises
+        ``ValueError`` naming its index before any work is done.
+        """
         self._require_models()
         state = self._state
         if state is None:
             raise RuntimeError("no vocabulary: call set_vocabulary() first")
-        _check_image(rgb)
-        timer = _StageTimer(self.device)
+        for index, rgb in enumerate(images):
+            try:
+                _check_image(rgb)
+            except ValueError as exc:
+                raise ValueError(f"frame {index}: {exc}" if len(images) > 1 else str(exc)) from None
+        if not images:
+            return []
+        timer = StageTimer(self.device)
         cfg = self.config
-        height, width = rgb.shape[:2]
+        sizes = [tuple(rgb.shape[:2]) for rgb in images]
+        frames = [self._preprocess(cfg, rgb) for rgb in images]  # [1, 3, h, w] in [0, 1]
+        timer.lap("preprocess")
 
+        if self._method.patch_graph:
+            scores = self._lposs_scores(cfg, frames, state, timer)
+        else:
+            scores = self._clip_scores(cfg, frames, state, timer)  # [1, Q, h, w] each
+
+        if cfg.pixel_refine:
+            from .lposs import pixel_propagation
+
+            scores = [
+                pixel_propagation(
+                    image[0],
+                    score[0],
+                    radius=cfg.pixel_radius,
+                    tau=cfg.pixel_tau,
+                    alpha=cfg.pixel_alpha,
+                    iters=cfg.pixel_iters,
+                )[None]
+                for image, score in zip(frames, scores, strict=True)
+            ]
+            timer.lap("pixel_refine")
+
+        if cfg.tlp:
+            normalized = [self._normalize_clip(image) for image in frames]
+            scores = text_aware_refine(
+                normalized, scores, sizes, state.text, grid=cfg.tlp_grid, iters=cfg.tlp_iters
+            )
+            timer.lap("tlp")
+
+        maps = [
+            reduce_upsampled(
+                score[0],
+                size,
+                state.offsets,
+                logit_scale=cfg.logit_scale,
+                prob_threshold=cfg.prob_threshold,
+            )
+            for score, size in zip(scores, sizes, strict=True)
+        ]
+        timer.lap("postprocess")
+        timings = timer.finish()
+        return [
+            SegmentationResult(
+                frame_maps,
+                score[0],
+                state.vocabulary,
+                dict(timings),
+                offsets=state.offsets,
+                query_to_entry=state.query_to_entry,
+                logit_scale=cfg.logit_scale,
+                prob_threshold=cfg.prob_threshold,
+            )
+            for frame_maps, score in zip(maps, scores, strict=True)
+        ]
+
+    def warmup(self, height: int = 480, width: int = 640) -> float:
+        """Segment one blank frame so one-time costs (CUDA context, cuBLAS handles, kernel
+        compilation) are paid before the first real frame. Returns the seconds it took."""
+        started = time.perf_counter()
+        self.segment(np.zeros((height, width, 3), np.uint8))
+        return time.perf_counter() - started
+
+    def _preprocess(self, cfg: SegmenterConfig, rgb: np.ndarray) -> torch.Tensor:
+        """``uint8 [H, W, 3]`` -> ``[1, 3, h, w]`` in [0, 1] at the processing size."""
+        height, width = rgb.shape[:2]
         size = rescaled_size(height, width, cfg.short_side, cfg.max_long_side)
         # mmseg resizes the uint8 image with OpenCV before anything else; doing the same on
         # the host is exact and uploads the smaller image.
@@ -193,69 +321,13 @@ class Segmenter:
         image = image.permute(2, 0, 1)[None].float()  # [1, 3, h, w] in 0..255
         if resized is None and size != (height, width):
             image = resize_image(image, size)
-        image = image / 255.0  # [1, 3, h, w] in [0, 1]
-        timer.lap("preprocess")
-
-        if cfg.method in ("lposs", "lposs_plus"):
-            scores = self._lposs_scores(cfg, image, state, timer)
-        else:
-            scores = self._clip_scores(cfg, image, state, timer)  # [1, Q, h, w]
-
-        if cfg.pixel_refine:
-            from .lposs import pixel_propagation
-
-            scores = pixel_propagation(
-                image[0],
-                scores[0],
-                radius=cfg.pixel_radius,
-                tau=cfg.pixel_tau,
-                alpha=cfg.pixel_alpha,
-                iters=cfg.pixel_iters,
-            )[None]
-            timer.lap("pixel_refine")
-
-        if scores.shape[-2:] != (height, width):
-            scores = F.interpolate(
-                scores, size=(height, width), mode="bilinear", align_corners=False
-            )
-        if cfg.tlp:
-            clip_image = F.interpolate(
-                self._normalize_clip(image),
-                size=(height, width),
-                mode="bilinear",
-                align_corners=False,
-            )
-            scores = text_aware_propagation(
-                clip_image, scores, state.text, grid=cfg.tlp_grid, iters=cfg.tlp_iters
-            )
-            timer.lap("tlp")
-
-        labels, confidence, probabilities = reduce_scores(
-            scores[0],
-            state.query_to_entry,
-            len(state.vocabulary),
-            logit_scale=cfg.logit_scale,
-            prob_threshold=cfg.prob_threshold,
-        )
-        labels_np = labels.to(torch.int32).cpu().numpy()
-        confidence_np = confidence.cpu().numpy()
-        timer.lap("postprocess")
-        return SegmentationResult(
-            labels_np, confidence_np, probabilities, state.vocabulary, timer.finish()
-        )
-
-    def warmup(self, height: int = 480, width: int = 640) -> float:
-        """Segment one blank frame so one-time costs (CUDA context, cuBLAS handles, kernel
-        compilation) are paid before the first real frame. Returns the seconds it took."""
-        started = time.perf_counter()
-        self.segment(np.zeros((height, width, 3), np.uint8))
-        return time.perf_counter() - started
+        return image / 255.0
 
     def _normalize_clip(self, image: torch.Tensor) -> torch.Tensor:
         mean, std = self._clip_norm
         return (image - mean) / std
 
-    def _windows(self, cfg: SegmenterConfig, image: torch.Tensor, pad_to_patch: bool):
+    def _windows(self, cfg: SegmenterConfig, image: torch.Tensor):
         """Crops ``[N, 3, h, w]`` (in [0, 1]) and their boxes."""
         _, _, h, w = image.shape
         if cfg.whole_image:
@@ -264,7 +336,7 @@ class Segmenter:
             boxes = window_boxes(h, w, cfg.window_size, cfg.window_stride)
         crops = crop_windows(image, boxes)
         patch = self._clip.patch_size
-        if pad_to_patch:
+        if self._method.pad_windows:
             # LPOSS pads a crop to a multiple of the patch size (zeros before normalisation).
             pad_h, pad_w = (-crops.shape[-2]) % patch, (-crops.shape[-1]) % patch
             if pad_h or pad_w:
@@ -279,64 +351,78 @@ class Segmenter:
             )
         return crops, boxes
 
-    def _clip_scores(self, cfg, image, state, timer) -> torch.Tensor:
-        """PEARL / MaskCLIP: per-window cosine scores stitched into ``[1, Q, h, w]``."""
-        visual = self._clip.model.visual
-        pearl = cfg.method == "pearl"
-        crops, boxes = self._windows(cfg, image, pad_to_patch=not pearl)
-        crops = self._normalize_clip(crops)
-        if pearl:
-            tokens, grid = clip.tokens_before_last_block(visual, crops, pearl_style=True)
-            timer.lap("backbone")
-            feats = clip.pearl_last_block(
-                visual,
-                tokens,
-                alpha_kk=cfg.alpha_kk if cfg.use_kk else 0.0,
-                solver=cfg.procrustes_solver,
-                iters=cfg.polar_iters,
-            )
+    def _clip_scores(self, cfg, frames, state, timer) -> list[torch.Tensor]:
+        """PEARL / MaskCLIP: per-window cosine scores stitched into ``[1, Q, h, w]`` per frame."""
+        windows = [self._windows(cfg, image) for image in frames]
+        per_frame = batched_windows(self._clip_call, [c for c, _ in windows], self.max_windows)
+        timer.lap("backbone")
+        if self._method.scorer == "pearl":
+            visual = self._clip.model.visual
+            feats = [
+                clip.pearl_last_block(
+                    visual,
+                    tokens,
+                    alpha_kk=cfg.alpha_kk if cfg.use_kk else 0.0,
+                    solver=cfg.procrustes_solver,
+                    iters=cfg.polar_iters,
+                )
+                for tokens, _ in per_frame
+            ]
             timer.lap("attention")
         else:
-            feats, grid = clip.maskclip_patch_features(visual, crops)
-            timer.lap("backbone")
-        scores = feats @ state.text.T  # [N, hw, Q]
-        # Both official codes resize the (truncated or padded) patch grid onto the crop.
-        stitched = stitch_patch_scores(scores, grid, boxes, image.shape[-2:])
+            feats = [f for f, _ in per_frame]
+        stitched = []
+        for f, (_, grid), (_, boxes), image in zip(feats, per_frame, windows, frames, strict=True):
+            scores = f @ state.text.T  # [N, hw, Q]
+            # Both official codes resize the (truncated or padded) patch grid onto the crop.
+            stitched.append(stitch_patch_scores(scores, grid, boxes, image.shape[-2:]))
         timer.lap("stitch")
         return stitched
 
-    def _lposs_scores(self, cfg, image, state, timer) -> torch.Tensor:
-        """LPOSS: MaskCLIP scores propagated over one DINO kNN graph of all windows' patches."""
-        from .dino_backbone import IMAGENET_MEAN, IMAGENET_STD, dino_value_features
-        from .lposs import patch_centers, patch_propagation
+    def _lposs_scores(self, cfg, frames, state, timer) -> list[torch.Tensor]:
+        """LPOSS: MaskCLIP scores propagated over one DINO kNN graph of each frame's patches."""
+        from .lposs import patch_centers, patch_propagation_batch
 
-        crops, boxes = self._windows(cfg, image, pad_to_patch=True)
-        clip_feats, grid = clip.maskclip_patch_features(
-            self._clip.model.visual, self._normalize_clip(crops)
-        )
-        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-        dino_feats, dino_grid = dino_value_features(self._dino, (crops - mean) / std)
-        if dino_grid != grid:
-            raise RuntimeError(f"CLIP grid {grid} and DINO grid {dino_grid} differ")
+        windows = [self._windows(cfg, image) for image in frames]
+        crops = [c for c, _ in windows]
+        clip_out = batched_windows(self._clip_call, crops, self.max_windows)
+        dino_out = batched_windows(self._dino_call, crops, self.max_windows)
+        for (_, grid), (_, dino_grid) in zip(clip_out, dino_out, strict=True):
+            if dino_grid != grid:
+                raise RuntimeError(f"CLIP grid {grid} and DINO grid {dino_grid} differ")
         timer.lap("backbone")
-        n, hw, _ = clip_feats.shape
-        scores = (clip_feats @ state.text.T).reshape(n * hw, -1)
-        centers = patch_centers(
-            [(b[0], b[2]) for b in boxes], [grid] * len(boxes), self._clip.patch_size
-        )
-        propagated = patch_propagation(
-            dino_feats.reshape(n * hw, -1),
-            scores,
-            centers.to(self.device),
-            k=cfg.lposs_k,
-            gamma=cfg.lposs_gamma,
-            sigma=cfg.lposs_sigma,
-            alpha=cfg.lposs_alpha,
-            iters=cfg.lposs_iters,
-        )
+        propagated: list[torch.Tensor | None] = [None] * len(frames)
+        # Frames with the same window layout share one batched propagation.
+        layouts = [(tuple(image.shape[-2:]), tuple(out[0].shape)) for image, out in
+                   zip(frames, clip_out, strict=True)]  # fmt: skip
+        for group in group_by_shape(layouts):
+            clip_feats = torch.stack([clip_out[i][0] for i in group])  # [B, n, hw, D]
+            dino_feats = torch.stack([dino_out[i][0] for i in group])
+            b, n, hw, _ = clip_feats.shape
+            grid = clip_out[group[0]][1]
+            boxes = windows[group[0]][1]
+            centers = patch_centers(
+                [(box[0], box[2]) for box in boxes], [grid] * n, self._clip.patch_size
+            )
+            out = patch_propagation_batch(
+                dino_feats.reshape(b, n * hw, -1),
+                (clip_feats @ state.text.T).reshape(b, n * hw, -1),
+                centers.to(self.device),
+                k=cfg.lposs_k,
+                gamma=cfg.lposs_gamma,
+                sigma=cfg.lposs_sigma,
+                alpha=cfg.lposs_alpha,
+                iters=cfg.lposs_iters,
+            )
+            for row, i in enumerate(group):
+                propagated[i] = out[row].reshape(n, hw, -1)
         timer.lap("patch_propagation")
-        stitched = stitch_patch_scores(propagated.reshape(n, hw, -1), grid, boxes, image.shape[-2:])
+        stitched = [
+            stitch_patch_scores(p, grid, boxes, image.shape[-2:])
+            for p, (_, grid), (_, boxes), image in zip(
+                propagated, clip_out, windows, frames, strict=True
+            )
+        ]
         timer.lap("stitch")
         return stitched
 
@@ -350,6 +436,7 @@ class Segmenter:
         """Free the models (and GPU memory); the segmenter is unusable afterwards."""
         self._clip = None
         self._dino = None
+        self._clip_call = self._dino_call = None  # they hold the models (and CUDA graphs)
         self._state = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,13 +27,24 @@ def default_cache_dir() -> Path:
     return Path(base) / "ovseg_ros" / "text"
 
 
+class EncodingCancelled(Exception):
+    """Raised by ``TextEmbeddingCache.get`` when its ``cancel`` check fires between batches."""
+
+
+Progress = Callable[[int, int], None]
+
+
 class TextEmbeddingCache:
-    """Maps a class name to its embedding ``[D]``; encodes missing names in one batch.
+    """Maps a class name to its embedding ``[D]``; encodes missing names in batches.
+
+    Thread safe: several threads may call ``get`` (each batch's names are stored as soon as
+    they are encoded, so a cancelled request still saves the work done).
 
     Args:
         encode: names -> ``[len(names), D]`` embeddings.
         key: identifies the model weights and prompt templates (a different key never hits).
         directory: where the safetensors file lives; ``None`` keeps the cache in memory only.
+        batch_names: names per call of ``encode`` (each is ``templates`` prompts).
     """
 
     def __init__(
@@ -40,8 +52,12 @@ class TextEmbeddingCache:
         encode: Callable[[list[str]], torch.Tensor],
         key: str,
         directory: Path | None,
+        *,
+        batch_names: int = 64,
     ) -> None:
         self._encode = encode
+        self.batch_names = max(1, int(batch_names))
+        self._lock = threading.Lock()
         self.key = key
         digest = hashlib.sha256(f"{FORMAT_VERSION}|{key}".encode()).hexdigest()[:16]
         self.path = None if directory is None else Path(directory) / f"text-{digest}.safetensors"
@@ -56,19 +72,45 @@ class TextEmbeddingCache:
     def __len__(self) -> int:
         return len(self._memory)
 
-    def get(self, names: Sequence[str]) -> torch.Tensor:
-        """Embeddings ``[len(names), D]`` (float32, CPU) in the order of ``names``."""
-        missing = list(dict.fromkeys(n for n in names if n not in self._memory))
+    def missing(self, names: Sequence[str]) -> list[str]:
+        """The distinct names of ``names`` not cached yet, in order."""
+        with self._lock:
+            return list(dict.fromkeys(n for n in names if n not in self._memory))
+
+    def get(
+        self,
+        names: Sequence[str],
+        *,
+        progress: Progress | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> torch.Tensor:
+        """Embeddings ``[len(names), D]`` (float32, CPU) in the order of ``names``.
+
+        Missing names are encoded ``batch_names`` at a time; after each batch ``progress(done,
+        total)`` is called (names encoded so far, names to encode) and ``cancel()`` checked:
+        when it returns true, ``EncodingCancelled`` is raised (the encoded names stay cached).
+        """
+        missing = self.missing(names)
         self.last_encoded = missing
-        if missing:
-            embeddings = self._encode(missing).detach().float().cpu()
-            if embeddings.shape[0] != len(missing):
-                raise RuntimeError("text encoder returned a wrong number of embeddings")
-            for name, emb in zip(missing, embeddings, strict=True):
-                self._memory[name] = emb.clone()
-            self.encoded_total += len(missing)
-            self._save()
-        return torch.stack([self._memory[n] for n in names])
+        try:
+            for start in range(0, len(missing), self.batch_names):
+                if cancel is not None and cancel():
+                    raise EncodingCancelled(f"cancelled after {start} of {len(missing)} names")
+                batch = missing[start : start + self.batch_names]
+                embeddings = self._encode(batch).detach().float().cpu()
+                if embeddings.shape[0] != len(batch):
+                    raise RuntimeError("text encoder returned a wrong number of embeddings")
+                with self._lock:
+                    for name, emb in zip(batch, embeddings, strict=True):
+                        self._memory[name] = emb.clone()
+                    self.encoded_total += len(batch)
+                if progress is not None:
+                    progress(start + len(batch), len(missing))
+        finally:
+            if missing:
+                self._save()
+        with self._lock:
+            return torch.stack([self._memory[n] for n in names])
 
     def _load(self) -> None:
         if self.path is None or not self.path.is_file():
@@ -91,8 +133,9 @@ class TextEmbeddingCache:
             return
         from safetensors.torch import save_file
 
-        names = list(self._memory)
-        table = torch.stack([self._memory[n] for n in names]).contiguous()
+        with self._lock:
+            names = list(self._memory)
+            table = torch.stack([self._memory[n] for n in names]).contiguous()
         meta = {"key": self.key, "names": json.dumps(names), "format": FORMAT_VERSION}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

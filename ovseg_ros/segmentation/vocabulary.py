@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -67,7 +68,9 @@ def parse_entries(entries: Iterable[str] | str, *, strict: bool = True) -> list[
     """Split and validate vocabulary entries; raise ``ValueError`` with the reason.
 
     Refused: a bare string (a common mistake for a one-class list), an empty list, a non-string,
-    an entry that is blank or has a blank synonym, and a name that appears twice (in one entry or
+    an entry that is blank or has a blank synonym, an entry with a control character (newline,
+    tab, NUL, any Unicode category Cc: checked before whitespace is collapsed, so ``"do\nor"``
+    is refused rather than read as ``"do or"``), and a name that appears twice (in one entry or
     across entries, compared case-insensitively), since two entries could never both win.
     ``strict=False`` accepts a name in several entries (the lower index wins ties): some
     benchmark class lists do that (COCO-Object has "bed" in its background entry too).
@@ -79,6 +82,12 @@ def parse_entries(entries: Iterable[str] | str, *, strict: bool = True) -> list[
     for i, entry in enumerate(entries):
         if not isinstance(entry, str):
             raise ValueError(f"entry {i} is {type(entry).__name__}, expected a string")
+        control = next((c for c in entry if unicodedata.category(c) == "Cc"), None)
+        if control is not None:
+            raise ValueError(
+                f"entry {i} ({entry!r}) contains a control character (U+{ord(control):04X}): "
+                "class names must be printable text"
+            )
         if not entry.strip():
             raise ValueError(f"entry {i} is blank")
         synonyms = tuple(" ".join(s.split()) for s in entry.split(SYNONYM_SEPARATOR))
@@ -87,8 +96,6 @@ def parse_entries(entries: Iterable[str] | str, *, strict: bool = True) -> list[
         for s in synonyms:
             if len(s) > MAX_NAME_LENGTH:
                 raise ValueError(f"entry {i}: name longer than {MAX_NAME_LENGTH} characters")
-            if any(ord(c) < 32 for c in s):
-                raise ValueError(f"entry {i} ({entry!r}) contains a control character")
             key = _key(s)
             if key in seen and (strict or seen[key] == i):
                 where = "twice in the entry" if seen[key] == i else f"also in entry {seen[key]}"

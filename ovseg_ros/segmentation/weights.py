@@ -1,18 +1,26 @@
-"""Where model weights come from, a clear error when they are missing, and a pre-fetch CLI.
+"""Where model weights come from, and one-line errors when they are missing or unusable.
 
 Weights are read from a local file the user names, or from the Hugging Face hub cache where
 ``download_weights`` (or open_clip / timm) put them. Building a segmenter never downloads
 unless ``allow_download`` is set, so a robot without network fails at once with a message
-that says which file is missing and how to provide it.
+that says which file is missing and how to provide it. A file that is there but cannot be
+used (a pickle holding more than tensors, a truncated file, another architecture's weights)
+fails with one line naming the file and the problem (:class:`WeightsLoadError`).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
+import pickle
+import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
+
+from .methods import method_spec
 
 # open_clip stores its hub weights under these names, safetensors preferred.
 _CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -21,6 +29,16 @@ _TIMM_FILES = ("model.safetensors", "pytorch_model.bin")
 
 class WeightsNotFoundError(FileNotFoundError):
     """Raised at build time when the weights a config needs are not on this machine."""
+
+
+class WeightsLoadError(WeightsNotFoundError):
+    """A weights file is on the machine but cannot be used; the message is one line naming
+    the file and what is wrong. A :class:`WeightsNotFoundError` so that every caller that
+    reports missing weights without a traceback reports this the same way."""
+
+
+class OfflineError(WeightsNotFoundError):
+    """Weights must be downloaded but the hub cannot be reached (or ``HF_HUB_OFFLINE``)."""
 
 
 @dataclass(frozen=True)
@@ -105,8 +123,8 @@ def resolve(
     raise WeightsNotFoundError(
         f"{source.description} weights are not on this machine: looked for "
         f"{' or '.join(source.filenames)} of hub repository {source.repo_id!r} in {where}. "
-        "Fetch them once with network: `ros2 run ovseg_ros download_weights` (or "
-        "`ovseg-download-weights`), copy the Hugging Face cache to this machine, or set "
+        "Fetch them once with network: `ros2 run ovseg_ros download_weights`, copy the "
+        "Hugging Face cache to this machine, or set "
         f"{config_key} to a local .safetensors file. (allow_download:=true lets the node "
         "download at start-up.)"
     )
@@ -115,6 +133,7 @@ def resolve(
 def _download(source: WeightSource, cache_dir: str | None) -> str:
     from huggingface_hub import hf_hub_download
 
+    check_online(f"download {source.description}")
     errors = []
     for filename in source.filenames:
         try:
@@ -139,60 +158,110 @@ def sources_for(config) -> list[tuple[WeightSource, str, str]]:
     """(source, local file, config key) for every weights file ``config`` needs."""
     cfg = config.resolved()
     needed = [(clip_source(cfg.clip_model, cfg.clip_pretrained), cfg.clip_weights, "clip_weights")]
-    if cfg.method in ("lposs", "lposs_plus"):
+    if method_spec(cfg.method).needs_dino:
         needed.append((dino_source(cfg.dino_model), cfg.dino_weights, "dino_weights"))
     return needed
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``download_weights``: pre-fetch every weights file the chosen methods need."""
-    from .config import METHODS, SegmenterConfig
-
-    parser = argparse.ArgumentParser(
-        prog="download_weights",
-        description="Download the CLIP / DINO weights ovseg_ros needs into the Hugging Face "
-        "cache, so a robot can run offline afterwards.",
-    )
-    parser.add_argument(
-        "--params",
-        default="",
-        help="a node params file (config/segment.yaml): fetch what its settings need",
-    )
-    parser.add_argument(
-        "--method", nargs="+", choices=METHODS, default=None, help="methods (default: all)"
-    )
-    parser.add_argument("--clip-model", default=None, help="default ViT-B-16")
-    parser.add_argument("--clip-pretrained", default=None, help="override the method default")
-    parser.add_argument("--dino-model", default=None, help="default vit_base_patch16_224.dino")
-    parser.add_argument("--cache-dir", default=None, help="hub cache (default: HF_HUB_CACHE)")
-    args = parser.parse_args(argv)
-
-    base = SegmenterConfig.from_yaml(args.params) if args.params else SegmenterConfig()
-    overrides = {
-        "clip_model": args.clip_model,
-        "clip_pretrained": args.clip_pretrained,
-        "dino_model": args.dino_model,
-        "weights_cache_dir": args.cache_dir,
-    }
-    base = base.replace(device="cpu", **{k: v for k, v in overrides.items() if v is not None})
-    methods = args.method or ([base.method] if args.params else list(METHODS))
-    seen: set[tuple[str, str]] = set()
-    failed = 0
-    for method in methods:
-        for source, _, _ in sources_for(base.replace(method=method)):
-            key = (source.repo_id, source.filenames[0])
-            if key in seen:
-                continue
-            seen.add(key)
-            try:
-                path = resolve(source, "", base.weights_cache_dir, True, "")
-            except WeightsNotFoundError as exc:
-                failed += 1
-                print(f"FAILED {source.description}: {exc}", file=sys.stderr)
-            else:
-                print(f"ok     {source.description}: {path}")
-    return 1 if failed else 0
+# -- offline detection ---------------------------------------------------------------------------
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def hub_offline_flag() -> bool:
+    """True when ``HF_HUB_OFFLINE`` asks huggingface_hub never to touch the network."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def hub_host() -> tuple[str, int]:
+    """Host and port of the hub endpoint (``HF_ENDPOINT``, default huggingface.co)."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "") or "https://huggingface.co")
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+def check_online(what: str, timeout_s: float = 3.0) -> None:
+    """Raise :class:`OfflineError` at once (not after minutes of retries) when the hub cannot
+    be reached: ``HF_HUB_OFFLINE`` is set, or its host does not resolve / accept a TCP
+    connection within ``timeout_s``."""
+    if hub_offline_flag():
+        raise OfflineError(f"cannot {what}: HF_HUB_OFFLINE is set (offline mode)")
+    host, port = hub_host()
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OfflineError(
+            f"cannot {what}: {host}:{port} is not reachable ({reason}); this machine seems "
+            "to be offline"
+        ) from None
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def loading(path: str, description: str) -> Iterator[None]:
+    """Turn any failure to load ``path`` inside the block into a one-line
+    :class:`WeightsLoadError` (the original exception, with its advice, is dropped)."""
+    try:
+        yield
+    except WeightsLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every loader failure becomes one clear line
+        raise WeightsLoadError(load_failure(path, description, exc)) from None
+
+
+def load_failure(path: str, description: str, exc: BaseException) -> str:
+    """One line: ``path`` and what is wrong with it, from the exception a loader raised."""
+    text = str(exc)
+    first = _first_line(text)
+    if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        named = f" (it refers to {found.group(1)})" if found else ""
+        return (
+            f"{path}: not a weights file we load: a pickle that holds Python objects besides "
+            f"tensors{named}, which could run code; use a .safetensors file of {description}"
+        )
+    if type(exc).__name__ == "SafetensorError":
+        return f"{path}: truncated or corrupt safetensors file ({first})"
+    if "Error(s) in loading state_dict" in text or "does not fit" in text:
+        return f"{path}: not {description} weights (another architecture): {_mismatch(text)}"
+    if isinstance(exc, (EOFError, pickle.UnpicklingError)) or "PytorchStreamReader" in text:
+        return f"{path}: truncated or corrupt weights file ({first})"
+    return f"{path}: cannot be loaded as {description} weights: {type(exc).__name__}: {first}"
+
+
+def verify_file(path: str) -> None:
+    """Check cheaply that ``path`` is a loadable weights file (header only for safetensors,
+    a memory-mapped safe load otherwise); :class:`WeightsLoadError` if it is not."""
+    with loading(path, "model"):
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as handle:
+                handle.keys()
+        else:
+            import torch
+
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def _first_line(text: str, limit: int = 160) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "no detail"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _mismatch(text: str) -> str:
+    """``missing 12 keys (e.g. a.b), unexpected 3 (e.g. c), 2 size mismatches (e.g. d)``."""
+    parts = []
+    for label, pattern in (("missing", "Missing key"), ("unexpected", "Unexpected key")):
+        line = next((ln for ln in text.splitlines() if pattern in ln), "")
+        keys = re.findall(r'"([^"]+)"', line)
+        if keys:
+            parts.append(f"{label} {len(keys)} keys (e.g. {keys[0]})")
+    sizes = re.findall(r"size mismatch for ([^:]+):", text)
+    if sizes:
+        parts.append(f"{len(sizes)} shape mismatches (e.g. {sizes[0]})")
+    if not parts:
+        listed = re.findall(r"(missing|unexpected) \[([^\]]*)\]", text)
+        parts = [f"{kind} [{keys[:80]}]" for kind, keys in listed if keys]
+    return ", ".join(parts) or _first_line(text)

@@ -8,16 +8,17 @@ Example::
 The output bag holds what the live node (``segment_node``) publishes, under ``--namespace``
 (default ``/ovseg``): ``labels`` (mono8, mono16 above 256 classes), ``confidence`` (32FC1),
 ``confidence/<class>`` per ``--confidence-classes`` entry (32FC1), ``overlay`` (rgb8, with
-``--overlay``) and ``vocabulary`` (std_msgs/String JSON, once, offered transient-local so a
-played-back bag latches it). Each image carries its input frame's header and is written at
-the input message's bag timestamp. Unless ``--no-copy-input``, every input topic is copied
-byte for byte, so the result plays back in RViz or Foxglove next to the camera. With several
-image topics, each topic's outputs go under ``<namespace>/<image topic>``.
+``--overlay``) and ``vocabulary`` (std_msgs/String JSON, once, ``valid_from`` stamp 0, offered
+transient-local so a played-back bag latches it). Each image carries its input frame's header
+and is written at the input message's bag timestamp. Unless ``--no-copy-input``, every input
+topic is copied byte for byte, so the result plays back in RViz or Foxglove next to the
+camera. With several image topics, each topic's outputs go under
+``<namespace>/<image topic>``.
 
 Unlike the node, no frame is dropped. A frame that cannot be decoded is reported and skipped.
 Ctrl-C stops the run and still leaves a valid, closed bag (exit code 130).
 
-Also ``python -m ovseg_ros.replay``.
+Also ``python -m ovseg_ros.tools.replay``.
 """
 
 from __future__ import annotations
@@ -32,11 +33,19 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
-from ovseg_ros.bag_io import (
+from ovseg_ros.image_conversion import ImageConversionError, array_to_image_fields
+from ovseg_ros.outputs import vocabulary_json
+from ovseg_ros.pipeline import (
+    OutputPlan,
+    class_confidence_topics,
+    process_frame,
+    string_list,
+)
+from ovseg_ros.tools.bag_io import (
     LATCHED_QOS,
     RELIABLE_QOS,
     STORAGES,
@@ -51,17 +60,15 @@ from ovseg_ros.bag_io import (
     sigint_ignored,
     stamp_ns,
 )
-from ovseg_ros.image_conversion import (
-    ImageConversionError,
-    array_to_image_fields,
-    compressed_to_rgb,
-    image_to_rgb,
-)
-from ovseg_ros.outputs import (
-    confidence_topic_suffix,
-    labels_image,
-    render_overlay,
-    vocabulary_json,
+from ovseg_ros.tools.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Progress,
+    UsageError,
+    add_engine_arguments,
+    add_params_arguments,
+    read_params,
 )
 
 PROG = "ovseg-replay"
@@ -71,12 +78,11 @@ STRING_TYPE = "std_msgs/msg/String"
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 DEFAULT_NAMESPACE = "/ovseg"
 MAX_REPORTED_SKIPS = 20  # skipped frames reported one line each; the rest are counted
-EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 _NAME_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class ReplayError(Exception):
+class ReplayError(UsageError):
     """Bad input the user can fix (missing bag, wrong topic, existing output): exit code 2."""
 
 
@@ -169,24 +175,16 @@ def _absolute(topic: str) -> str:
     return topic if topic.startswith("/") else f"/{topic}"
 
 
-def confidence_topics(vocabulary: Any, names: Sequence[str], prefix: str) -> dict[str, int]:
-    """``{"<prefix>/confidence/<class>": entry index}`` named as the node names them.
-
-    A name may be any synonym of an entry; the topic is named after the entry's first synonym.
-    Raises :class:`ReplayError` for a name that is not in the vocabulary.
-    """
-    topics: dict[str, int] = {}
-    for name in names:
-        try:
-            index = vocabulary.index(name)
-        except KeyError:
-            raise ReplayError(
-                f"confidence class {name!r} is not in the vocabulary: {', '.join(vocabulary.names)}"
-            ) from None
-        topic = f"{prefix}/confidence/{confidence_topic_suffix(vocabulary.entries[index].name)}"
-        if topic in topics and topics[topic] != index:  # two classes, one token
-            topic = f"{topic}_{index}"
-        topics[topic] = index
+def confidence_topics(vocabulary: Any, names: Sequence[str]) -> dict[str, int]:
+    """``{"confidence/<class>": entry index}``, named as the node names them
+    (:func:`ovseg_ros.pipeline.class_confidence_topics`); a name not in the vocabulary is a
+    :class:`ReplayError`."""
+    topics, missing = class_confidence_topics(vocabulary, names)
+    if missing:
+        raise ReplayError(
+            f"confidence class {missing[0]!r} is not in the vocabulary: "
+            f"{', '.join(vocabulary.names)}"
+        )
     return topics
 
 
@@ -279,15 +277,12 @@ def _open(path: Path) -> Any:
 
 @dataclass
 class _Group:
-    """The output topics of one image topic."""
+    """The output topics of one image topic: pipeline output suffix -> connection."""
 
     image_topic: str
     compressed: bool
-    labels: Any
-    confidence: Any
     vocabulary: Any
-    overlay: Any | None
-    classes: list[tuple[int, Any]]  # (entry index, connection)
+    connections: dict[str, Any]
     vocabulary_written: bool = False
 
 
@@ -313,6 +308,7 @@ class _OutputBag:
     def write_image(
         self, connection: Any, timestamp: int, header: Any, array: np.ndarray, encoding: str
     ) -> None:
+        """Serialise an Image with the fields the node publishes (identical CDR bytes)."""
         fields = array_to_image_fields(array, encoding)
         fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8)
         self._write(connection, timestamp, self._image(header=header, **fields), IMAGE_TYPE)
@@ -325,24 +321,28 @@ class _OutputBag:
         self.stats.counts[connection.topic] += 1
 
 
+def _output_plan(options: ReplayOptions, vocabulary: Any) -> OutputPlan:
+    return OutputPlan(
+        class_topics=confidence_topics(vocabulary, options.confidence_classes),
+        overlay_alpha=options.overlay_alpha if options.overlay else None,
+    )
+
+
 def _add_groups(
-    out: _OutputBag, options: ReplayOptions, plan: ReplayPlan, vocabulary: Any
+    out: _OutputBag, options: ReplayOptions, plan: ReplayPlan, output_plan: OutputPlan
 ) -> dict[str, _Group]:
     namespace = normalize_namespace(options.namespace)
+    suffixes = ["labels", "confidence", *output_plan.class_topics]
+    if output_plan.overlay_alpha is not None:
+        suffixes.append("overlay")
     groups: dict[str, _Group] = {}
     for topic, msgtype in plan.image_topics.items():
         prefix = namespace if len(plan.image_topics) == 1 else f"{namespace}{topic}"
-        classes = confidence_topics(vocabulary, options.confidence_classes, prefix)
         groups[topic] = _Group(
             image_topic=topic,
             compressed=msgtype == COMPRESSED_TYPE,
             vocabulary=out.add(f"{prefix}/vocabulary", STRING_TYPE, LATCHED_QOS),
-            labels=out.add(f"{prefix}/labels", IMAGE_TYPE, RELIABLE_QOS),
-            confidence=out.add(f"{prefix}/confidence", IMAGE_TYPE, RELIABLE_QOS),
-            classes=[(i, out.add(t, IMAGE_TYPE, RELIABLE_QOS)) for t, i in classes.items()],
-            overlay=out.add(f"{prefix}/overlay", IMAGE_TYPE, RELIABLE_QOS)
-            if options.overlay
-            else None,
+            connections={s: out.add(f"{prefix}/{s}", IMAGE_TYPE, RELIABLE_QOS) for s in suffixes},
         )
     return groups
 
@@ -374,12 +374,6 @@ def _ns_text(ns: int) -> str:
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
 
 
-def _decode(msg: Any, compressed: bool) -> np.ndarray:
-    if compressed:
-        return compressed_to_rgb(msg.format, msg.data)
-    return image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
-
-
 class _FrameProcessor:
     """Decodes, segments and writes one input frame, or reports why it was skipped."""
 
@@ -387,14 +381,14 @@ class _FrameProcessor:
         self,
         segmenter: Any,
         out: _OutputBag,
-        options: ReplayOptions,
+        plan: OutputPlan,
         stats: ReplayStats,
         log: Callable[[str], None],
     ) -> None:
-        self.segmenter, self.out, self.options, self.stats, self.log = (
+        self.segmenter, self.out, self.plan, self.stats, self.log = (
             segmenter,
             out,
-            options,
+            plan,
             stats,
             log,
         )
@@ -403,7 +397,10 @@ class _FrameProcessor:
     def process(self, group: _Group, timestamp: int, raw: bytes | memoryview, msgtype: str) -> None:
         out = self.out
         if not group.vocabulary_written:  # latched: once, before the first labels
-            out.write_string(group.vocabulary, timestamp, vocabulary_json(self.vocabulary))
+            # One version for the whole run, valid from the start (as the node's version at
+            # activation).
+            text = vocabulary_json(self.vocabulary, {"": 0})
+            out.write_string(group.vocabulary, timestamp, text)
             group.vocabulary_written = True
         try:
             msg = out.typestore.deserialize_cdr(raw, msgtype)
@@ -411,30 +408,17 @@ class _FrameProcessor:
             self._skip("corrupt message", group, timestamp, None, f"cannot deserialize: {exc}")
             return
         try:
-            rgb = _decode(msg, group.compressed)
+            frame = process_frame(self.segmenter, msg, group.compressed, self.plan)
         except ImageConversionError as exc:
             self._skip("undecodable image", group, timestamp, msg.header, str(exc))
             return
-        try:
-            result = self.segmenter.segment(rgb)
         except ValueError as exc:
             self._skip("refused by the segmenter", group, timestamp, msg.header, str(exc))
             return
-        self._write(group, timestamp, msg.header, rgb, result)
+        for output in frame.outputs:
+            connection = group.connections[output.suffix]
+            out.write_image(connection, timestamp, msg.header, output.array, output.encoding)
         self.stats.frames_out += 1
-
-    def _write(self, group: _Group, timestamp: int, header: Any, rgb: np.ndarray, result) -> None:
-        out, vocabulary = self.out, result.vocabulary
-        encoding, labels = labels_image(result.labels, len(vocabulary))
-        out.write_image(group.labels, timestamp, header, labels, encoding)
-        confidence = np.ascontiguousarray(result.confidence, dtype=np.float32)
-        out.write_image(group.confidence, timestamp, header, confidence, "32FC1")
-        for index, connection in group.classes:
-            probability = np.ascontiguousarray(result.probability_of(index), dtype=np.float32)
-            out.write_image(connection, timestamp, header, probability, "32FC1")
-        if group.overlay is not None:
-            image = render_overlay(rgb, result.labels, vocabulary, self.options.overlay_alpha)
-            out.write_image(group.overlay, timestamp, header, image, "rgb8")
 
     def _skip(self, reason: str, group: _Group, timestamp: int, header: Any, detail: str) -> None:
         stats = self.stats
@@ -479,7 +463,7 @@ def run_replay(
         plan = _plan(reader, options)
         stats = ReplayStats(input=options.input, output=options.output, plan=plan)
         # Validate the per-class topics before touching the output.
-        confidence_topics(segmenter.vocabulary, options.confidence_classes, "")
+        confidence_topics(segmenter.vocabulary, options.confidence_classes)
         if options.output.exists() or options.output.is_symlink():
             try:
                 remove_bag(options.output)
@@ -519,11 +503,12 @@ def _replay_messages(
 ) -> None:
     """One pass over the input in time order: copy messages, segment image frames."""
     out = _OutputBag(writer, new_typestore(), stats)
-    groups = _add_groups(out, options, stats.plan, segmenter.vocabulary)
+    output_plan = _output_plan(options, segmenter.vocabulary)
+    groups = _add_groups(out, options, stats.plan, output_plan)
     copies = _add_copies(out, reader, stats) if options.copy_input else {}
     image_connections = [c for c in reader.connections if c.topic in groups]
     wanted = list(reader.connections) if options.copy_input else image_connections
-    processor = _FrameProcessor(segmenter, out, options, stats, log)
+    processor = _FrameProcessor(segmenter, out, output_plan, stats, log)
     for connection, timestamp, raw in reader.messages(connections=wanted):
         copy = copies.get(connection.id)
         if copy is not None:
@@ -540,56 +525,6 @@ def _replay_messages(
 
 
 # -- reporting -----------------------------------------------------------------------------------
-
-
-class _Progress:
-    """tqdm bar (frames/s, ETA) when installed, else a throttled line on stderr."""
-
-    def __init__(self, total: int, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.total = total
-        self.start = self._last = time.perf_counter()
-        self.done = 0
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            self.bar = None
-        else:
-            self.bar = tqdm(
-                total=total, desc=PROG, unit="frame", file=self.stream, dynamic_ncols=True
-            )
-
-    def update(self, stats: ReplayStats) -> None:
-        step, self.done = stats.frames_in - self.done, stats.frames_in
-        if self.bar is not None:
-            self.bar.update(step)
-            if stats.frames_skipped:
-                self.bar.set_postfix(skipped=stats.frames_skipped, refresh=False)
-            return
-        now = time.perf_counter()
-        if now - self._last >= 1.0 or self.done >= self.total:
-            self._last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else math.inf
-            eta_text = f"{eta:.0f} s" if math.isfinite(eta) else "?"
-            self.stream.write(
-                f"\r{PROG}: {self.done}/{self.total} frames, {rate:.2f} frames/s, ETA {eta_text} "
-            )
-            self.stream.flush()
-
-    def log(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.write(f"{PROG}: {line}", file=self.stream)
-        else:
-            self.stream.write(f"\n{PROG}: {line}\n")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        else:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def format_summary(stats: ReplayStats) -> str:
@@ -622,16 +557,20 @@ def format_summary(stats: ReplayStats) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ovseg_ros.segmentation.config import METHODS, PRESETS
-
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Segment every frame of a rosbag2 bag (Image or CompressedImage topics) "
         "and write labels, confidences, overlay and vocabulary to a new bag, as the live node "
         "publishes them.",
     )
-    parser.add_argument("input", type=Path, metavar="INPUT_BAG", help="rosbag2 bag directory")
-    parser.add_argument("output", type=Path, metavar="OUTPUT_BAG", help="new bag directory")
+    parser.add_argument(
+        "bags",
+        nargs="+",
+        type=Path,
+        metavar="BAG",
+        help="INPUT_BAG OUTPUT_BAG (a rosbag2 bag directory and a new one), or with "
+        "--output-dir any number of bags, directories of bags or globs",
+    )
     parser.add_argument(
         "--image-topic",
         action="append",
@@ -649,10 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="classes that get a <namespace>/confidence/<class> topic (default: params file's)",
     )
-    parser.add_argument("--method", choices=METHODS, help="default: params file's, else pearl")
-    parser.add_argument("--preset", choices=PRESETS, help="full (real weights) or tiny (tests)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, auto (default: params file's, auto)")
-    parser.add_argument("--params", help="ROS 2 params YAML of the node (config/segment.yaml)")
+    add_engine_arguments(parser)
+    add_params_arguments(parser)
     parser.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="output topic namespace")
     parser.add_argument("--overlay", action="store_true", help="also write <namespace>/overlay")
     parser.add_argument(
@@ -668,42 +605,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     parser.add_argument("--limit", type=int, help="segment only the first N frames")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ovseg_ros.tools.replay_many import add_fleet_arguments
+
+    add_fleet_arguments(parser)
     return parser
 
 
-def _load_params(path: str | None) -> dict[str, Any]:
-    """All parameters of the params file's first node ({} without a file)."""
-    if not path:
-        return {}
-    import yaml
-
-    from ovseg_ros.params_file import load_ros_parameters
-
-    try:
-        return load_ros_parameters(path)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ReplayError(f"cannot read params file: {exc}") from exc
-
-
 def _string_list(value: Any, name: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise ReplayError(f"params file: {name} must be a list of strings, got {value!r}")
-    return [str(v).strip() for v in value if str(v).strip()]
-
-
-def _segmenter_config(args: argparse.Namespace, params: dict[str, Any]) -> Any:
-    """SegmenterConfig from the params file, overridden by --method/--preset/--device."""
-    from ovseg_ros.params_file import select_segmenter_params
-    from ovseg_ros.segmentation import SegmenterConfig
-
-    flags = {"method": args.method, "preset": args.preset, "device": args.device}
     try:
-        config = SegmenterConfig.from_dict(select_segmenter_params(params))
-        return config.replace(**{k: v for k, v in flags.items() if v is not None})
-    except (ValueError, TypeError) as exc:
-        raise ReplayError(f"invalid segmenter settings: {exc}") from exc
+        return string_list(value, name)
+    except ValueError as exc:
+        raise ReplayError(f"params file: {exc}") from None
 
 
 def _options(args: argparse.Namespace, params: dict[str, Any], vocabulary: Any) -> ReplayOptions:
@@ -743,11 +655,12 @@ def _options(args: argparse.Namespace, params: dict[str, Any], vocabulary: Any) 
 
 
 def _run(args: argparse.Namespace) -> int:
-    params = _load_params(args.params)
+    flags = {"method": args.method, "preset": args.preset, "device": args.device}
+    loaded = read_params(args.params, args.node, flags)
+    params, config = loaded.node, loaded.config
     classes = args.classes or _string_list(params.get("classes"), "classes")
     if not classes:
         raise ReplayError("no classes: give --classes, or --params with a 'classes' list")
-    config = _segmenter_config(args, params)
     from ovseg_ros.segmentation.vocabulary import build_vocabulary
 
     try:
@@ -756,7 +669,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ReplayError(f"invalid classes: {exc}") from exc
     options = _options(args, params, draft)
     plan = plan_replay(options)  # fails fast on a bad bag, topic or output path
-    confidence_topics(draft, options.confidence_classes, "")
+    confidence_topics(draft, options.confidence_classes)
 
     from ovseg_ros.segmentation import WeightsNotFoundError, build_segmenter
 
@@ -773,12 +686,16 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # e.g. cuda requested on a machine without it
         raise ReplayError(str(exc)) from exc
 
-    progress = None if args.no_progress else _Progress(plan.total_frames)
+    progress = None if args.no_progress else Progress(plan.total_frames, prog=PROG)
     try:
         stats = run_replay(
             options,
             segmenter,
-            on_frame=progress.update if progress else None,
+            on_frame=(
+                (lambda s: progress.advance_to(s.frames_in, skipped=s.frames_skipped))
+                if progress
+                else None
+            ),
             log=progress.log if progress else None,
         )
     except ReplayAborted as exc:
@@ -805,15 +722,51 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ovseg-replay``; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ovseg_ros.tools.replay_many import run_many, wants_many
+
+    if wants_many(args):  # BAG [BAG ...] --output-dir DIR [--ray]
+        return run_many(args)
+    if len(args.bags) != 2:
+        parser.error("give INPUT_BAG OUTPUT_BAG, or BAG [BAG ...] --output-dir DIR")
+    args.input, args.output = args.bags
     try:
         return _run(args)
-    except ReplayError as exc:
+    except UsageError as exc:  # ReplayError and params-file problems
         _stderr_log(f"error: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         _stderr_log("interrupted before any output was written")
         return EXIT_INTERRUPTED
+
+
+def replay_stream(
+    reader: Any,
+    writer: Any,
+    options: ReplayOptions,
+    segmenter: Any,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> ReplayStats:
+    """The pass of :func:`run_replay` from an open reader into an open writer (neither closed).
+
+    For callers that choose what is read and where it goes: the fleet mode
+    (``ovseg_ros.tools.bag_ranges``) passes a reader limited to one time window of the bag
+    and a writer that collects the serialised messages in memory. Raises :class:`ReplayError`
+    for bad input; other errors propagate unchanged.
+    """
+    if segmenter.vocabulary is None:
+        raise ReplayError("the segmenter has no vocabulary: call set_vocabulary() first")
+    plan = _plan(reader, options)
+    stats = ReplayStats(input=options.input, output=options.output, plan=plan)
+    confidence_topics(segmenter.vocabulary, options.confidence_classes)
+    started = time.perf_counter()
+    try:
+        _replay_messages(reader, writer, segmenter, options, stats, None, log or _stderr_log)
+    finally:
+        stats.elapsed_s = time.perf_counter() - started
+    return stats
 
 
 if __name__ == "__main__":

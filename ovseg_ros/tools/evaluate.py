@@ -6,12 +6,12 @@ Example::
 
 The segmenter is built with the dataset's official evaluation preset (resize, windows,
 probability threshold: ``ovseg_ros.segmentation.dataset_preset``) on top of the ``--params``
-file, and the dataset's official class names as vocabulary (PEARL's lists for ``pearl``,
-LPOSS's for ``maskclip``/``lposs``/``lposs_plus``). It prints a per-class Markdown table and
-a summary (mIoU, aAcc, mAcc, Boundary IoU), a comparison with the numbers the papers report,
-and writes ``metrics.json`` and ``metrics.md`` to ``--output-dir``.
+file, and the dataset's official class names as vocabulary (the lists of the method's
+benchmark protocol: PEARL's for ``pearl``, LPOSS's for the others). It prints a per-class
+Markdown table and a summary (mIoU, aAcc, mAcc, Boundary IoU), a comparison with the
+numbers the papers report, and writes ``metrics.json`` and ``metrics.md`` to ``--output-dir``.
 
-Also ``python -m ovseg_ros.evaluate``.
+Also ``python -m ovseg_ros.tools.evaluate``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
@@ -38,16 +38,23 @@ from ovseg_ros.evaluation.datasets import (
     read_classnames_file,
 )
 from ovseg_ros.evaluation.metrics import MetricResult, SegmentationMetric
+from ovseg_ros.segmentation.methods import method_spec
+from ovseg_ros.tools.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Progress,
+    UsageError,
+    add_engine_arguments,
+    add_params_arguments,
+    fmt,
+    markdown_table,
+    read_params,
+)
 
 PROG = "ovseg-evaluate"
-METHODS = ("pearl", "maskclip", "lposs", "lposs_plus")  # SegmenterConfig.method choices
-PRESETS = ("full", "tiny")
-PAPER_RESULTS = Path(__file__).resolve().parent / "data" / "paper_results.json"
+PAPER_RESULTS = Path(__file__).resolve().parents[1] / "data" / "paper_results.json"
 METRIC_LABELS = {"mIoU": "mIoU", "mBIoU": "Boundary IoU", "aAcc": "aAcc", "mAcc": "mAcc"}
-
-
-class UsageError(Exception):
-    """Bad input the user can fix (exit code 2)."""
 
 
 # -- paper numbers ---------------------------------------------------------------------------
@@ -77,55 +84,7 @@ def paper_reference(
     return out
 
 
-# -- progress --------------------------------------------------------------------------------
-
-
-class _LineProgress:
-    """Minimal progress line on stderr (frames/s and ETA) when tqdm is not installed."""
-
-    def __init__(self, total: int, stream: TextIO = sys.stderr, every_s: float = 0.5) -> None:
-        self.total, self.stream, self.every_s = total, stream, every_s
-        self.done = 0
-        self.start = time.perf_counter()
-        self._last = 0.0
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self._last >= self.every_s or self.done >= self.total:
-            self._last = now
-            self._write(now)
-
-    def _write(self, now: float) -> None:
-        elapsed = max(now - self.start, 1e-9)
-        rate = self.done / elapsed
-        eta = (self.total - self.done) / rate if rate > 0 else math.inf
-        eta_s = "?" if not math.isfinite(eta) else str(_dt.timedelta(seconds=int(eta)))
-        self.stream.write(
-            f"\r{PROG}: {self.done}/{self.total} images, {rate:.2f} img/s, ETA {eta_s}   "
-        )
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
-
-
-def _progress(total: int, desc: str) -> Any:
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _LineProgress(total)
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True)
-
-
 # -- reports ---------------------------------------------------------------------------------
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    if value is None or not math.isfinite(value):
-        return "-"
-    return f"{value:.{digits}f}"
 
 
 def per_class_table(result: MetricResult, class_names: Sequence[str]) -> str:
@@ -133,21 +92,18 @@ def per_class_table(result: MetricResult, class_names: Sequence[str]) -> str:
     boundary = result.boundary_iou is not None
     head = ["id", "class", "IoU", "Acc"] + (["Boundary IoU"] if boundary else [])
     head += ["gt px", "pred px"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    rows = []
     for row in result.per_class(list(class_names)):
-        cells = [str(row["id"]), row["name"], _fmt(row["IoU"]), _fmt(row["Acc"])]
+        cells = [str(row["id"]), row["name"], fmt(row["IoU"]), fmt(row["Acc"])]
         if boundary:
-            cells.append(_fmt(row["BIoU"]))
-        cells += [str(row["gt_pixels"]), str(row["pred_pixels"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            cells.append(fmt(row["BIoU"]))
+        rows.append(cells + [str(row["gt_pixels"]), str(row["pred_pixels"])])
+    return markdown_table(head, rows)
 
 
 def summary_table(summary: dict[str, float]) -> str:
     keys = [k for k in ("mIoU", "aAcc", "mAcc", "mBIoU") if k in summary]
-    head = "| " + " | ".join(METRIC_LABELS[k] for k in keys) + " |"
-    sep = "|" + "|".join("---" for _ in keys) + "|"
-    return "\n".join([head, sep, "| " + " | ".join(_fmt(summary[k]) for k in keys) + " |"])
+    return markdown_table([METRIC_LABELS[k] for k in keys], [[fmt(summary[k]) for k in keys]])
 
 
 def paper_table(
@@ -156,18 +112,20 @@ def paper_table(
     """Side-by-side Markdown table of this run vs. the papers' numbers."""
     if not reference:
         return f"No paper number for method `{method}` on `{dataset}`."
-    lines = [
-        "| metric | this run | paper | delta | source |",
-        "|---|---|---|---|---|",
-    ]
+    rows = []
     for metric, ref in reference.items():
         ours = summary.get(metric)
         delta = None if ours is None or not math.isfinite(ours) else ours - ref["value"]
-        lines.append(
-            f"| {METRIC_LABELS.get(metric, metric)} | {_fmt(ours)} | {_fmt(ref['value'], 1)} "
-            f"| {'-' if delta is None else f'{delta:+.2f}'} | {ref['source']} |"
+        rows.append(
+            [
+                METRIC_LABELS.get(metric, metric),
+                fmt(ours),
+                fmt(ref["value"], 1),
+                "-" if delta is None else f"{delta:+.2f}",
+                ref["source"],
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(["metric", "this run", "paper", "delta", "source"], rows)
 
 
 def _json_safe(value: Any) -> Any:
@@ -190,8 +148,8 @@ def _markdown_report(report: dict[str, Any], result: MetricResult, names: list[s
         f"- root: `{report['dataset']['root']}`",
         f"- images: {result.num_images} of {report['dataset']['size']}",
         f"- method: `{run['method']}`, preset: `{run['preset']}`, device: `{run['device']}`",
-        f"- throughput: {_fmt(report['timing']['frames_per_s'])} img/s "
-        f"(segment only: {_fmt(report['timing']['segment_frames_per_s'])} img/s)",
+        f"- throughput: {fmt(report['timing']['frames_per_s'])} img/s "
+        f"(segment only: {fmt(report['timing']['segment_frames_per_s'])} img/s)",
     ]
     parts += [f"- note: {note}" for note in report["notes"]]
     parts += ["", "## Summary", "", summary_table(report["summary"])]
@@ -212,17 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dataset", required=True, choices=DATASET_KEYS)
     parser.add_argument("--root", required=True, help="dataset root, e.g. /data/VOCdevkit/VOC2012")
+    add_engine_arguments(parser)
+    add_params_arguments(parser)
     parser.add_argument(
-        "--method", choices=METHODS, default=None, help="default: the params file's, else pearl"
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="shard the images over Ray actors: no value starts a local Ray, 'auto' joins "
+        "the running cluster (pip install 'ovseg_ros[fleet]')",
     )
     parser.add_argument(
-        "--preset",
-        choices=PRESETS,
-        default=None,
-        help="full: real weights; tiny: tiny random models (smoke test). Default: full",
+        "--actors", type=int, help="Ray actors (default: one per GPU; CPUs / 2 without GPUs)"
     )
-    parser.add_argument("--params", help="ROS 2 params YAML (e.g. config/segment.yaml)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images")
     parser.add_argument(
         "--output-dir", default=None, help="where metrics.json/.md go (default: ovseg_eval/...)"
@@ -247,26 +207,17 @@ def _open_dataset(args: argparse.Namespace, method: str) -> SegmentationDataset:
         if not path.is_file():
             raise UsageError(f"class-name file {path} not found")
         classes = read_classnames_file(path)
-    vocabulary = "pearl" if method == "pearl" else "lposs"
+    vocabulary = method_spec(method).benchmark  # whose official class-name lists
     try:
         return build_dataset(args.dataset, args.root, classes=classes, vocabulary=vocabulary)
     except (DatasetError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
 
 
-def _load_params(path: str | None) -> dict[str, Any]:
-    if not path:
-        return {}
-    from ovseg_ros.params_file import load_segmenter_params
-
-    try:
-        return load_segmenter_params(path)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read params file: {exc}") from exc
-
-
 def build_config(args: argparse.Namespace, params: dict[str, Any], method: str) -> Any:
-    """SegmenterConfig: params file, then the dataset preset, then the CLI flags."""
+    """SegmenterConfig: params file, then the dataset preset, then the CLI flags.
+
+    ``params``: the engine settings the params file sets (not the defaults)."""
     from ovseg_ros.segmentation import SegmenterConfig, dataset_preset
 
     try:
@@ -316,7 +267,7 @@ def evaluate(
     metric = SegmentationMetric(dataset.num_classes, boundary=boundary)
     stage_sums: dict[str, float] = {}
     segment_s = 0.0
-    bar = _progress(count, f"{dataset.key}") if show_progress else None
+    bar = Progress(count, prog=f"{PROG} {dataset.key}", unit="image") if show_progress else None
     start = time.perf_counter()
     interrupted = False
     try:
@@ -417,16 +368,20 @@ def build_report(
     }
 
 
+def _params_file_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine settings the ``--params`` file sets."""
+    return read_params(args.params, args.node).settings if args.params else {}
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate as ``args`` ask; raises :class:`UsageError` for fixable input errors."""
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be >= 1")
-    params = _load_params(args.params)
+    params = _params_file_settings(args)
     method = args.method or params.get("method") or "pearl"
-    if method not in METHODS:
-        raise UsageError(f"method must be one of {list(METHODS)}, got {method!r}")
     dataset = _open_dataset(args, method)  # fails fast on a bad root, before loading models
-    cfg = build_config(args, params, method).resolved()
+    unresolved = build_config(args, params, method)  # Ray actors resolve their own device
+    cfg = unresolved.resolved()
 
     from ovseg_ros.segmentation import build_segmenter
 
@@ -434,17 +389,28 @@ def run(args: argparse.Namespace) -> int:
         f"{PROG}: {dataset!r}, method {cfg.method}, preset {cfg.preset}, device {cfg.device}",
         file=sys.stderr,
     )
-    segmenter = build_segmenter(cfg)
-    try:
-        segmenter.set_vocabulary(list(dataset.classes), strict=False)
-    except ValueError as exc:
-        raise UsageError(
-            f"the segmenter refused the {dataset.key} vocabulary: {exc}; "
-            "pass an edited list with --classes FILE"
-        ) from exc
-    result, timing, interrupted = evaluate(
-        segmenter, dataset, limit=args.limit, boundary=not args.no_boundary
-    )
+    if args.ray is not None:  # images sharded over Ray actors, confusion matrices summed
+        from ovseg_ros.tools.fleet import FleetError, evaluate_on_ray
+
+        try:
+            result, timing, interrupted = evaluate_on_ray(
+                unresolved, dataset, address=args.ray, actors=args.actors,
+                limit=args.limit, boundary=not args.no_boundary,
+            )  # fmt: skip
+        except FleetError as exc:
+            raise UsageError(str(exc)) from exc
+    else:
+        segmenter = build_segmenter(cfg)
+        try:
+            segmenter.set_vocabulary(list(dataset.classes), strict=False)
+        except ValueError as exc:
+            raise UsageError(
+                f"the segmenter refused the {dataset.key} vocabulary: {exc}; "
+                "pass an edited list with --classes FILE"
+            ) from exc
+        result, timing, interrupted = evaluate(
+            segmenter, dataset, limit=args.limit, boundary=not args.no_boundary
+        )
 
     report = build_report(args, cfg, dataset, result, timing, interrupted)
     markdown = _markdown_report(report, result, dataset.class_names)
@@ -456,7 +422,7 @@ def run(args: argparse.Namespace) -> int:
     (out_dir / "metrics.md").write_text(markdown, encoding="utf-8")
     print(markdown)
     print(f"{PROG}: wrote {out_dir / 'metrics.json'} and {out_dir / 'metrics.md'}", file=sys.stderr)
-    return 130 if interrupted else 0
+    return EXIT_INTERRUPTED if interrupted else 0
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -467,13 +433,13 @@ def main(argv: Iterable[str] | None = None) -> int:
         return run(args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except ImportError as exc:
         print(f"{PROG}: error: the segmentation engine is not available: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except (FileNotFoundError, RuntimeError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

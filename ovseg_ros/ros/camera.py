@@ -1,0 +1,143 @@
+"""One camera's ROS side: its image subscription and the lifecycle publishers of its outputs.
+
+The node holds one :class:`Camera` per input (key ``""``: inputs ``image``, outputs ``~/...``;
+key ``k``: inputs ``k/image``, outputs ``~/k/...``). Output publishers are rclpy lifecycle
+publishers: they publish only while the node is active.
+"""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Callable, Mapping
+
+import numpy as np
+from rclpy.callback_groups import CallbackGroup
+from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
+from rclpy.lifecycle import LifecycleNode
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from ovseg_ros.image_conversion import array_to_image_fields
+from ovseg_ros.pipeline import CONFIDENCE, LABELS, OVERLAY, Output, OutputPlan
+from ovseg_ros.ros.qos import OUTPUT_QOS, input_qos
+from ovseg_ros.ros.worker import Frame
+
+
+class Camera:
+    """Subscription (one transport at a time) and output publishers of camera ``key``."""
+
+    def __init__(self, node: LifecycleNode, key: str = "") -> None:
+        self.node, self.key = node, key
+        self.input_topic = f"{key}/image" if key else "image"
+        self.prefix = f"~/{key}" if key else "~"
+        self.plan = OutputPlan()
+        self.subscription = None
+        self._publishers = {
+            suffix: node.create_lifecycle_publisher(Image, f"{self.prefix}/{suffix}", OUTPUT_QOS)
+            for suffix in (LABELS, CONFIDENCE, OVERLAY)
+        }
+        self._class_publishers: dict[str, object] = {}  # "confidence/<class>" -> publisher
+
+    # -- input -------------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        transport: str,
+        reliability: str,
+        on_frame: Callable[[Frame], None],
+        on_incompatible: Callable[[str, QoSRequestedIncompatibleQoSInfo], None],
+        group: CallbackGroup,
+    ) -> str:
+        """Subscribe ``image`` (raw) or ``<resolved image>/compressed``; the topic name."""
+        if transport == "compressed":
+            # Resolved (remapping applied) first, so -r image:=/x/image moves both.
+            topic = f"{self.node.resolve_topic_name(self.input_topic)}/compressed"
+            msg_type, compressed = CompressedImage, True
+        elif transport == "raw":
+            topic, msg_type, compressed = self.input_topic, Image, False
+        else:
+            raise ValueError(f"image_transport must be raw or compressed, got {transport!r}")
+        holder: dict[str, str] = {}
+        events = SubscriptionEventCallbacks(
+            incompatible_qos=lambda info: on_incompatible(holder.get("topic", topic), info)
+        )
+        key = self.key
+        self.subscription = self.node.create_subscription(
+            msg_type,
+            topic,
+            lambda msg: on_frame(Frame(key, msg, compressed)),
+            input_qos(self.node, topic, reliability),
+            callback_group=group,
+            event_callbacks=events,
+            qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+        )
+        holder["topic"] = self.subscription.topic_name
+        return self.subscription.topic_name
+
+    def unsubscribe(self) -> None:
+        if self.subscription is not None:
+            self.node.destroy_subscription(self.subscription)
+            self.subscription = None
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    def set_plan(self, class_topics: Mapping[str, int], overlay_alpha: float, active: bool) -> None:
+        """Per-class publishers for ``class_topics`` (created / destroyed as needed)."""
+        self.plan = OutputPlan(class_topics=dict(class_topics), overlay_alpha=overlay_alpha)
+        for suffix in list(self._class_publishers):
+            if suffix not in class_topics:
+                self.node.destroy_lifecycle_publisher(self._class_publishers.pop(suffix))
+        for suffix in class_topics:
+            if suffix not in self._class_publishers:
+                publisher = self.node.create_lifecycle_publisher(
+                    Image, f"{self.prefix}/{suffix}", OUTPUT_QOS
+                )
+                if active:  # created after on_activate: enable it ourselves
+                    publisher.on_activate(None)
+                self._class_publishers[suffix] = publisher
+
+    def wants(self, suffix: str) -> bool:
+        """Optional outputs (overlay, per-class confidence) are made only while subscribed."""
+        publisher = self._publisher(suffix)
+        return publisher is not None and publisher.get_subscription_count() > 0
+
+    def publish(self, header: Header, outputs: list[Output]) -> None:
+        for output in outputs:
+            publisher = self._publisher(output.suffix)
+            if publisher is not None:
+                publisher.publish(image_msg(header, output.array, output.encoding))
+
+    def class_topics(self) -> dict[str, int]:
+        """Resolved per-class topic names -> vocabulary entry index."""
+        return {
+            self._class_publishers[s].topic_name: i
+            for s, i in self.plan.class_topics.items()
+            if s in self._class_publishers
+        }
+
+    def destroy(self) -> None:
+        self.unsubscribe()
+        for publisher in [*self._publishers.values(), *self._class_publishers.values()]:
+            self.node.destroy_lifecycle_publisher(publisher)
+        self._publishers, self._class_publishers = {}, {}
+
+    def _publisher(self, suffix: str):
+        return self._publishers.get(suffix) or self._class_publishers.get(suffix)
+
+
+def image_msg(header: Header, data: np.ndarray, encoding: str) -> Image:
+    """A sensor_msgs/Image with the fields :func:`array_to_image_fields` gives ``data``."""
+    fields = array_to_image_fields(data, encoding)
+    msg = Image(
+        header=header,
+        height=fields["height"],
+        width=fields["width"],
+        encoding=fields["encoding"],
+        is_bigendian=fields["is_bigendian"],
+        step=fields["step"],
+    )
+    payload = array.array("B")
+    payload.frombytes(fields["data"])  # array.array skips the per-byte checks of a bytes value
+    msg.data = payload
+    return msg

@@ -1,0 +1,79 @@
+"""The node's ``/diagnostics`` status: a pure function of a stats snapshot and the node state.
+
+Levels: ERROR while the last configure failed and no model is loaded; while active, WARN for
+inference errors, invalid input frames or no input since the previous status; OK otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+from ovseg_ros.ros.worker import StatsSnapshot
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What diagnostics report besides the counters."""
+
+    name: str  # the status name, "<node>: segmentation"
+    state: str  # lifecycle state label
+    failure: str = ""  # why the last configure failed ("" if it did not)
+    configured: bool = False  # a segmenter is loaded
+    method: str = ""
+    device: str = ""
+    preset: str = ""
+    vocabulary_version: int = 0
+    vocabulary_size: int = 0
+
+
+def segmentation_status(
+    info: NodeInfo, now: StatsSnapshot, previous: StatsSnapshot, elapsed_s: float
+) -> DiagnosticStatus:
+    """The status for the counters ``now``, compared with ``previous`` ``elapsed_s`` ago."""
+    elapsed = max(elapsed_s, 1e-6)
+    rate = (now.processed - previous.processed) / elapsed
+    new_frames = now.received - previous.received
+    new_invalid = now.invalid - previous.invalid
+    new_errors = now.errors - previous.errors
+
+    level, message = DiagnosticStatus.OK, info.state
+    if info.failure and not info.configured:
+        level, message = DiagnosticStatus.ERROR, f"not configured: {info.failure}"
+    elif info.state == "active":
+        message = f"active, {rate:.1f} Hz"
+        if new_errors:
+            level, message = DiagnosticStatus.WARN, f"inference errors: {now.last_error}"
+        elif new_invalid:
+            level, message = DiagnosticStatus.WARN, f"{new_invalid} invalid input frames"
+        elif new_frames == 0:
+            level, message = DiagnosticStatus.WARN, "no input frames"
+
+    values: dict[str, object] = {
+        "state": info.state,
+        "method": info.method,
+        "device": info.device,
+        "preset": info.preset,
+        "vocabulary_version": info.vocabulary_version if info.configured else 0,
+        "vocabulary_size": info.vocabulary_size if info.configured else 0,
+        "rate_hz": f"{rate:.2f}",
+        "frames_received": now.received,
+        "frames_processed": now.processed,
+        "frames_dropped": now.dropped,
+        "frames_invalid": now.invalid,
+        "inference_errors": now.errors,
+        "qos_incompatible_events": now.qos_incompatible,
+    }
+    for key, samples in (("latency", now.latency), ("inference", now.inference)):
+        for q in (50, 90, 99):
+            value = np.percentile(samples, q) * 1e3 if samples.size else float("nan")
+            values[f"{key}_p{q}_ms"] = f"{value:.1f}"
+    return DiagnosticStatus(
+        level=level,
+        name=info.name,
+        message=message,
+        hardware_id=info.device,
+        values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+    )

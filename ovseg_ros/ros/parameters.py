@@ -1,0 +1,223 @@
+"""The node's ROS parameters: one :class:`FieldSpec` per parameter, descriptors generated.
+
+Engine parameters mirror :class:`~ovseg_ros.segmentation.config.SegmenterConfig` fields
+(``field_specs()``: doc, type, choices, range, read-only when a change needs a new model);
+node parameters (vocabulary, transport, QoS, ...) are specified here the same way. The QoS of
+the image subscription is overridable the standard rclpy way
+(``qos_overrides./<topic>.subscription.<policy>``, declared when the node subscribes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from ovseg_ros.pipeline import string_list
+from ovseg_ros.segmentation.config import FieldSpec, SegmenterConfig, field_specs
+from ovseg_ros.segmentation.vocabulary import parse_entries
+
+DEFAULT_CLASSES = [
+    "background; floor; wall; ceiling; sky",
+    "person; man; woman",
+    "chair",
+    "table; desk",
+    "door",
+]
+TRANSPORTS = ("raw", "compressed")
+RELIABILITIES = ("best_effort", "reliable")
+
+NODE_SPECS: tuple[FieldSpec, ...] = (
+    FieldSpec(
+        "classes",
+        list[str],
+        DEFAULT_CLASSES,
+        "Vocabulary: one entry per class, synonyms separated by ';' (the first names the "
+        "class); non-empty, no blank or duplicate names. Changeable at runtime.",
+    ),
+    FieldSpec(
+        "confidence_classes",
+        list[str],
+        [],
+        "Classes (names or synonyms in classes) that get a ~/confidence/<class> topic (32FC1 "
+        "probability), named after the class's first synonym; '' entries ignored.",
+    ),
+    FieldSpec(
+        "publish_overlay_alpha",
+        float,
+        0.5,
+        "Opacity of the class colors in ~/overlay.",
+        minimum=0.0,
+        maximum=1.0,
+    ),
+    FieldSpec(
+        "image_transport",
+        str,
+        "raw",
+        "Input: raw (subscribe image) or compressed (subscribe <resolved image topic>"
+        "/compressed). One subscription at a time.",
+        choices=TRANSPORTS,
+        rebuild=True,
+    ),
+    FieldSpec(
+        "qos_reliability",
+        str,
+        "best_effort",
+        "Reliability of the image subscription (best_effort accepts both kinds of "
+        "publisher); qos_overrides./<topic>.subscription.reliability wins over it.",
+        choices=RELIABILITIES,
+        rebuild=True,
+    ),
+    FieldSpec(
+        "autostart",
+        bool,
+        True,
+        "Configure and activate at start-up (false: wait for a lifecycle manager).",
+        rebuild=True,
+    ),
+    FieldSpec(
+        "diagnostics_period",
+        float,
+        1.0,
+        "Seconds between /diagnostics messages.",
+        minimum=0.01,
+        maximum=3600.0,
+        rebuild=True,
+    ),
+)
+
+_TYPES = {
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    float: ParameterType.PARAMETER_DOUBLE,
+    str: ParameterType.PARAMETER_STRING,
+    list[str]: ParameterType.PARAMETER_STRING_ARRAY,
+}
+
+
+def all_specs() -> tuple[FieldSpec, ...]:
+    """Node parameters, then every engine parameter."""
+    return NODE_SPECS + field_specs()
+
+
+def descriptor(spec: FieldSpec) -> tuple[Any, ParameterDescriptor]:
+    """``(default value, descriptor)`` of the parameter for ``spec``.
+
+    Optional booleans ("auto" / true / false) are dynamically typed. Ranges become
+    descriptor ranges where ROS can express them (closed, both ends, a non-optional field);
+    every constraint is in ``additional_constraints``.
+    """
+    desc = ParameterDescriptor(
+        name=spec.name,
+        description=spec.doc + (" Needs a restart." if spec.rebuild else ""),
+        additional_constraints=spec.constraints,
+        read_only=spec.rebuild,
+    )
+    default = spec.unset if spec.default is None else spec.default
+    if spec.optional and spec.type is bool:
+        desc.dynamic_typing = True
+        return default, desc
+    desc.type = _TYPES[spec.type]
+    if spec.type == list[str] and not default:
+        # rclpy cannot infer the type of an empty list: declare by type (value unset).
+        return Parameter.Type.STRING_ARRAY, desc
+    closed = not (spec.min_open or spec.max_open or spec.optional)
+    if closed and spec.minimum is not None and spec.maximum is not None:
+        if spec.type is float:
+            desc.floating_point_range = [
+                FloatingPointRange(from_value=spec.minimum, to_value=spec.maximum, step=0.0)
+            ]
+        elif spec.type is int:
+            low, high = int(spec.minimum), int(spec.maximum)
+            desc.integer_range = [IntegerRange(from_value=low, to_value=high, step=1)]
+    if spec.type is float:
+        default = float(default)
+    return default, desc
+
+
+def declare(node: Node) -> None:
+    """Declare every parameter (values from the command line / params file win)."""
+    for spec in all_specs():
+        default, desc = descriptor(spec)
+        node.declare_parameter(spec.name, default, desc)
+
+
+def value(node: Node, name: str) -> Any:
+    """A parameter's value; None when unset (a YAML ``[]`` or ``~`` leaves it unset)."""
+    try:
+        return node.get_parameter(name).value
+    except ParameterUninitializedException:
+        return None
+
+
+def check_node_values(node: Node) -> None:
+    """``ValueError`` naming the node parameter whose value breaks its choices or range."""
+    for spec in NODE_SPECS:
+        if spec.choices or spec.minimum is not None or spec.maximum is not None:
+            spec.check(value(node, spec.name))
+
+
+def engine_values(node: Node) -> dict[str, Any]:
+    return {name: value(node, name) for name in SegmenterConfig.field_names()}
+
+
+@dataclass
+class Change:
+    """An accepted set-parameters request, split by what applies it."""
+
+    classes: list[str] | None = None
+    confidence: list[str] | None = None
+    overlay_alpha: float | None = None
+    knobs: dict[str, Any] | None = None
+
+
+def check_change(
+    parameters: list[Parameter], current_engine: dict[str, Any]
+) -> tuple[SetParametersResult, Change]:
+    """Validate a set-parameters request; the result is refused with a reason if invalid.
+
+    Types, ranges and read-only are enforced by rclpy from the descriptors; this checks what
+    they cannot express (vocabulary rules, engine cross-field rules).
+    """
+    change = Change(knobs={})
+    engine_fields = set(current_engine)
+    for param in parameters:
+        name, new = param.name, param.value
+        if name == "classes":
+            if param.type_ != Parameter.Type.STRING_ARRAY:
+                return _refused("classes must be a non-empty list of strings"), change
+            try:
+                parse_entries(list(new))
+            except ValueError as exc:
+                return _refused(f"classes: {exc}"), change
+            change.classes = list(new)
+        elif name == "confidence_classes":
+            if param.type_ not in (Parameter.Type.STRING_ARRAY, Parameter.Type.NOT_SET):
+                return _refused("confidence_classes must be a list of strings"), change
+            change.confidence = string_list(new, name)
+        elif name == "publish_overlay_alpha":
+            if not 0.0 <= float(new) <= 1.0:
+                return _refused("publish_overlay_alpha must be in [0, 1]"), change
+            change.overlay_alpha = float(new)
+        elif name in engine_fields:
+            change.knobs[name] = new
+    if change.knobs:
+        try:
+            SegmenterConfig.from_dict({**current_engine, **change.knobs})
+        except (ValueError, TypeError) as exc:
+            return _refused(str(exc)), change
+    return SetParametersResult(successful=True), change
+
+
+def _refused(reason: str) -> SetParametersResult:
+    return SetParametersResult(successful=False, reason=reason)

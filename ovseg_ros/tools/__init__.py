@@ -1,0 +1,1 @@
+"""Command-line tools: bag replay, evaluation, benchmarks, weights download, demo."""

@@ -1,0 +1,161 @@
+"""What every command-line tool shares: usage errors and exit codes, progress, Markdown
+tables, and reading a node params file (through :mod:`ovseg_ros.params`)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+from ovseg_ros.params import DEFAULT_NODE, Params, load_params
+from ovseg_ros.segmentation.config import field_spec
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad input the user can fix (a flag, a path, a params file): reported, exit status 2."""
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+
+class Progress:
+    """A tqdm bar (rate, ETA) when tqdm is installed, else a throttled line on ``stream``.
+
+    ``log`` prints a line without breaking the bar.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        prog: str,
+        unit: str = "frame",
+        stream: TextIO | None = None,
+        every_s: float = 1.0,
+    ) -> None:
+        self.total, self.prog, self.unit, self.every_s = total, prog, unit, every_s
+        self.stream = stream or sys.stderr
+        self.done = 0
+        self.start = time.perf_counter()
+        self._last = -math.inf
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            self.bar = None
+        else:
+            self.bar = tqdm(total=total, desc=prog, unit=unit, file=self.stream, dynamic_ncols=True)
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        """``n`` more items done; ``postfix`` (e.g. ``skipped=3``) is shown next to the bar."""
+        self.advance_to(self.done + n, **postfix)
+
+    def advance_to(self, done: int, **postfix: Any) -> None:
+        """``done`` items done in all."""
+        step, self.done = done - self.done, done
+        if self.bar is not None:
+            self.bar.update(step)
+            if any(postfix.values()):
+                self.bar.set_postfix(postfix, refresh=False)
+            return
+        now = time.perf_counter()
+        if now - self._last >= self.every_s or self.done >= self.total:
+            self._last = now
+            self.stream.write(f"\r{self.line(now)}   ")
+            self.stream.flush()
+
+    def line(self, now: float | None = None) -> str:
+        """``prog: done/total units, rate units/s, ETA h:mm:ss``."""
+        now = time.perf_counter() if now is None else now
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else math.inf
+        eta_text = str(_dt.timedelta(seconds=int(eta))) if math.isfinite(eta) else "?"
+        return (
+            f"{self.prog}: {self.done}/{self.total} {self.unit}s, "
+            f"{rate:.2f} {self.unit}s/s, ETA {eta_text}"
+        )
+
+    def log(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(f"{self.prog}: {line}", file=self.stream)
+        else:
+            self.stream.write(f"\n{self.prog}: {line}\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# -- tables ------------------------------------------------------------------------------------
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table; cells are ``str()``-ed and ``|`` in them is escaped."""
+
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    """A number for a table: ``-`` for missing or non-finite values."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+# -- params --------------------------------------------------------------------------------------
+
+
+def add_params_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--params FILE`` (a node params file, e.g. config/segment.yaml) and ``--node NAME``."""
+    parser.add_argument(
+        "--params",
+        default="",
+        metavar="FILE",
+        help="ROS 2 params file of the node (e.g. config/segment.yaml): plain, namespaced, "
+        "wildcard (/**) or several nodes",
+    )
+    parser.add_argument(
+        "--node",
+        default=DEFAULT_NODE,
+        metavar="NAME",
+        help=f"which node's parameters to read from --params (default: {DEFAULT_NODE}; "
+        "/ns/name when the file has several)",
+    )
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--method``, ``--preset``, ``--device``: help and choices from the config's field
+    metadata; each defaults to the ``--params`` file's value, else the field's default."""
+    for name in ("method", "preset", "device"):
+        spec = field_spec(name)
+        parser.add_argument(
+            f"--{name}",
+            choices=spec.choices,
+            default=None,
+            help=f"{spec.doc} Default: the params file's, else {spec.default}.",
+        )
+
+
+def read_params(
+    path: str | None, node: str = DEFAULT_NODE, overrides: Mapping[str, Any] | None = None
+) -> Params:
+    """:func:`ovseg_ros.params.load_params`, with its errors as :class:`UsageError`."""
+    try:
+        return load_params(path or None, node=node, overrides=overrides)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"params: {exc}") from exc

@@ -1,0 +1,151 @@
+"""The package built the way the README's robot section builds it: `python -m colcon build`.
+
+A scratch colcon workspace gets a copy of the repository under src/; the environment's own
+Python runs colcon (installed from PyPI by scripts/setup.sh, extra "test"), so the executables
+must start with that interpreter. The installed segment_node then runs from the sourced
+install space with the tiny preset, and a frame published here over DDS comes back labelled.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "ovseg_ros"
+DOMAIN_ID = random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
+# Build outputs and local environments in the repository are not part of the package source.
+NOT_SOURCE = {".venv", ".git", "build", "install", "log", ".pytest_cache", ".ruff_cache", ".whl"}
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _ignore(directory: str, names: list[str]) -> set[str]:
+    top = Path(directory) == REPO
+    return {
+        name
+        for name in names
+        if name == "__pycache__" or name.endswith(".egg-info") or (top and name in NOT_SOURCE)
+    }
+
+
+@pytest.fixture(scope="module")
+def install(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """colcon workspace with the package built into install/; returns the install prefix."""
+    if importlib.util.find_spec("colcon_core") is None:
+        pytest.fail("colcon is not installed here: scripts/setup.sh installs it (extra 'test')")
+    workspace = tmp_path_factory.mktemp("colcon_ws")
+    shutil.copytree(REPO, workspace / "src" / PACKAGE, ignore=_ignore)
+    env = dict(os.environ, COLCON_HOME=str(workspace / "colcon_home"))  # no user defaults
+    result = subprocess.run(
+        [sys.executable, "-m", "colcon", "build", "--packages-select", PACKAGE],
+        cwd=workspace, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return workspace / "install"
+
+
+def _sourced(install: Path, command: str, **kwargs) -> subprocess.Popen:
+    """Runs `command` in bash after sourcing the install space, as a robot's shell would."""
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), RCUTILS_LOGGING_BUFFERED_STREAM="0")
+    return subprocess.Popen(
+        ["bash", "-c", f"source {shlex.quote(str(install / 'setup.bash'))} && {command}"],
+        cwd=install.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        **kwargs,
+    )  # fmt: skip
+
+
+def test_install_layout(install: Path) -> None:
+    prefix = install / PACKAGE
+    node = prefix / "lib" / PACKAGE / "segment_node"
+    assert node.is_file() and os.access(node, os.X_OK)
+    assert node.read_text().splitlines()[0] == f"#!{sys.executable}"  # the venv's Python
+    assert (prefix / "share/ament_index/resource_index/packages" / PACKAGE).is_file()
+    share = prefix / "share" / PACKAGE
+    for folder in ("launch", "config"):
+        expected = sorted(p.name for p in (REPO / folder).iterdir() if p.is_file())
+        assert sorted(p.name for p in (share / folder).iterdir()) == expected, folder
+    assert (share / "package.xml").read_text() == (REPO / "package.xml").read_text()
+
+    # The sourced environment finds the package through the ament index and imports it from
+    # the install space, not from the repository (which the environment may hold editable).
+    probe = (
+        "import ovseg_ros; from ament_index_python.packages import get_package_share_directory;"
+        f" print(get_package_share_directory('{PACKAGE}')); print(ovseg_ros.__file__)"
+    )
+    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(probe)}"
+    output, _ = _sourced(install, command).communicate(timeout=60)
+    share_dir, module = output.strip().splitlines()[-2:]
+    assert Path(share_dir) == share, output
+    assert Path(module).is_relative_to(prefix / "lib"), output
+
+
+def test_installed_node_labels_a_frame_over_dds(install: Path) -> None:
+    node_name, image_topic = "ovseg_colcon", f"/colcon_camera_{DOMAIN_ID}"
+    process = _sourced(
+        install,
+        f"exec {shlex.quote(str(install / PACKAGE / 'lib' / PACKAGE / 'segment_node'))}"
+        f" --ros-args -r __node:={node_name}"
+        f" -r image:={image_topic} -p preset:=tiny -p device:=cpu -p templates:=single",
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+
+    context = Context()
+    rclpy.init(context=context, domain_id=DOMAIN_ID)
+    executor = SingleThreadedExecutor(context=context)
+    received: list[Image] = []
+    try:
+        client = rclpy.create_node("colcon_camera", context=context)
+        executor.add_node(client)
+        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+        publisher = client.create_publisher(Image, image_topic, qos)
+        client.create_subscription(Image, f"/{node_name}/labels", received.append, qos)
+
+        frame = Image(height=48, width=64, encoding="rgb8", step=64 * 3)
+        frame.header.frame_id = "colcon_camera"
+        frame.header.stamp.sec = 42
+        pixels = np.zeros((48, 64, 3), np.uint8)
+        pixels[:, 32:] = (40, 40, 200)
+        frame.data = pixels.tobytes()
+        # Until the node is up and subscribed, frames go nowhere: repeat the frame until labelled.
+        deadline = time.monotonic() + 120
+        while not received and process.poll() is None and time.monotonic() < deadline:
+            publisher.publish(frame)
+            executor.spin_once(timeout_sec=0.2)
+        assert received, "no labels from the installed node:\n" + "".join(lines)
+        labels = received[0]
+        assert (labels.height, labels.width, labels.encoding) == (48, 64, "mono8")
+        assert (labels.header.stamp.sec, labels.header.frame_id) == (42, "colcon_camera")
+        assert len(labels.data) == 48 * labels.step
+    finally:
+        executor.shutdown()
+        rclpy.shutdown(context=context)
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        reader.join(5)
+    assert process.returncode == 0, "".join(lines)
+    assert "Traceback" not in "".join(lines)
