@@ -14,19 +14,21 @@ class's probability), ``confidence/<class>`` (32FC1, one per requested class) an
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ovseg_ros.image_conversion import message_to_rgb
+from ovseg_ros.image_conversion import ImageConversionError, message_to_rgb
 from ovseg_ros.outputs import confidence_topic_suffix, labels_image, render_overlay
 
 LABELS = "labels"
 CONFIDENCE = "confidence"
 OVERLAY = "overlay"
 IMAGE = "image"
+POINTS = "points"  # Output kind and topic suffix of the labelled cloud
+CAMERA_INFO = "camera_info"  # Output kind and topic suffix of the republished camera model
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,18 @@ class Output:
 
     ``suffix``: topic name below the camera's output namespace (``"confidence/person"``).
     ``kind`` ``"image"``: ``array`` is [H, W] or [H, W, 3] in the sensor_msgs ``encoding``.
+    ``kind`` ``"points"``: ``payload`` is the :class:`~ovseg_ros.points.PointCloudData`
+    (``array`` its bytes); ``kind`` ``"camera_info"``: ``payload`` is the CameraInfo fields
+    (:mod:`ovseg_ros.points_stage`). ``frame_id``: replaces the input header's (a cloud is in
+    the depth image's frame); None keeps it.
     """
 
     suffix: str
     array: np.ndarray
     encoding: str
     kind: str = IMAGE
+    payload: Any = None
+    frame_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -144,3 +152,43 @@ def process_frame(
     result = segmenter.segment(rgb)
     inference = time.perf_counter() - started
     return FrameResult(rgb, result, frame_outputs(rgb, result, plan, wanted), inference)
+
+
+@dataclass(frozen=True)
+class FrameInput:
+    """One camera's frame for :func:`process_frames`: as the arguments of :func:`process_frame`."""
+
+    msg: Any
+    compressed: bool
+    plan: OutputPlan
+    wanted: Callable[[str], bool] | None = None
+
+
+def process_frames(
+    segmenter: Any, frames: Sequence[FrameInput]
+) -> list[FrameResult | ImageConversionError]:
+    """:func:`process_frame` for several cameras' frames, segmented in one ``segment_batch``.
+
+    Each result equals :func:`process_frame` of that frame alone. An undecodable frame gives
+    its :class:`ImageConversionError` in its place; the others are still segmented.
+    ``inference_s`` is the whole batch's (the time each frame waited for its result).
+    """
+    decoded: list[np.ndarray | ImageConversionError] = []
+    for frame in frames:
+        try:
+            decoded.append(message_to_rgb(frame.msg, frame.compressed))
+        except ImageConversionError as exc:
+            decoded.append(exc)
+    images = [rgb for rgb in decoded if isinstance(rgb, np.ndarray)]
+    started = time.perf_counter()
+    results = iter(segmenter.segment_batch(images) if images else [])
+    inference = time.perf_counter() - started
+    out: list[FrameResult | ImageConversionError] = []
+    for frame, rgb in zip(frames, decoded, strict=True):
+        if isinstance(rgb, ImageConversionError):
+            out.append(rgb)
+            continue
+        result = next(results)
+        outputs = frame_outputs(rgb, result, frame.plan, frame.wanted)
+        out.append(FrameResult(rgb, result, outputs, inference))
+    return out

@@ -49,10 +49,10 @@ def test_node_bench_prints_table_with_sane_numbers(tmp_path, capsys):
     assert record["overhead_p50_ms"] == pytest.approx(overhead)
 
 
-def test_node_switch_vs_params_node_name():
+def test_node_switch():
     assert node_bench.is_node_mode(["--node", "--preset", "tiny"])
     assert node_bench.is_node_mode(["--preset", "tiny", "--node"])
-    assert not node_bench.is_node_mode(["--params", "p.yaml", "--node", "ovseg"])
+    assert not node_bench.is_node_mode(["--params", "p.yaml", "--params-node", "ovseg"])
     assert not node_bench.is_node_mode(["--preset", "tiny"])
 
 

@@ -6,7 +6,7 @@ inference errors, invalid input frames or no input since the previous status; OK
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
@@ -77,3 +77,24 @@ def segmentation_status(
         hardware_id=info.device,
         values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
     )
+
+
+def camera_statuses(
+    info: NodeInfo,
+    cameras: list[str],
+    now: dict[str, StatsSnapshot],
+    previous: dict[str, StatsSnapshot],
+    elapsed_s: float,
+) -> list[DiagnosticStatus]:
+    """One status per named camera (``"<node>: camera <name>"``), judged like the node's on
+    that camera's counters alone: its rate, latency percentiles, drops and invalid frames."""
+    node = info.name.split(":")[0]
+    return [
+        segmentation_status(
+            replace(info, name=f"{node}: camera {key}"),
+            now.get(key, StatsSnapshot()),
+            previous.get(key, StatsSnapshot()),
+            elapsed_s,
+        )
+        for key in cameras
+    ]

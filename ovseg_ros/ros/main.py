@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import traceback
 from typing import Any
 
 import rclpy
@@ -86,12 +87,18 @@ def main(args: list[str] | None = None) -> int:
 
 def _spin(executor: MultiThreadedExecutor, stop: threading.Event) -> None:
     try:
-        executor.spin()
-    except ExternalShutdownException:
-        pass
-    except Exception as exc:  # noqa: BLE001 - report once, then let main() clean up
-        if not stop.is_set():  # during shutdown, entities vanishing under a callback is expected
-            rclpy.logging.get_logger("ovseg").error(f"executor stopped: {exc!r}")
+        while not stop.is_set():
+            try:
+                executor.spin()  # returns once the executor or the context is shut down
+                break
+            except ExternalShutdownException:
+                break
+            except Exception as exc:  # noqa: BLE001 - one failed callback must not stop the node
+                if stop.is_set():  # during shutdown, entities vanishing under a callback
+                    break
+                rclpy.logging.get_logger("ovseg").error(
+                    f"callback failed, node keeps running: {exc!r}\n{traceback.format_exc()}"
+                )
     finally:
         stop.set()  # the context went away: let main() clean up and exit
 

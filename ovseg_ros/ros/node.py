@@ -38,6 +38,7 @@ from ovseg_ros.pipeline import class_confidence_topics, process_frame, string_li
 from ovseg_ros.ros import parameters
 from ovseg_ros.ros.camera import Camera
 from ovseg_ros.ros.diagnostics import NodeInfo, segmentation_status
+from ovseg_ros.ros.lifecycle_guard import guard_change_state
 from ovseg_ros.ros.qos import VOCABULARY_QOS
 from ovseg_ros.ros.versions import VersionLog
 from ovseg_ros.ros.worker import Frame, PendingChanges, Stats, Worker, combined
@@ -53,6 +54,7 @@ class SegmentNode(LifecycleNode):
 
     def __init__(self, node_name: str = "ovseg", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        guard_change_state(self, self.get_logger().warning)  # invalid requests: refused
         parameters.declare(self)
         self.stats = Stats()
         self.worker = Worker(self._process, self._apply_pending, self.stats, self._on_error)

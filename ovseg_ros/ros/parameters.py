@@ -9,6 +9,7 @@ the image subscription is overridable the standard rclpy way
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,16 @@ NODE_SPECS: tuple[FieldSpec, ...] = (
         rebuild=True,
     ),
     FieldSpec(
+        "cameras",
+        list[str],
+        [],
+        "Camera names; empty: one camera (inputs image, outputs ~/labels ...). Each name c "
+        "(a ROS name token: letters, digits, '_', not starting with a digit; unique) gets "
+        "inputs c/image and outputs ~/c/labels ...; all cameras share one model and are "
+        "segmented together.",
+        rebuild=True,
+    ),
+    FieldSpec(
         "autostart",
         bool,
         True,
@@ -94,7 +105,66 @@ NODE_SPECS: tuple[FieldSpec, ...] = (
         maximum=3600.0,
         rebuild=True,
     ),
+    # -- labelled point clouds (ovseg_ros.points_stage) --
+    FieldSpec(
+        "depth",
+        bool,
+        False,
+        "Publish ~/points (PointCloud2: x y z rgb label confidence) and ~/camera_info: "
+        "subscribe depth (16UC1 mm or 32FC1 m, registered to the color image) and "
+        "camera_info (of the depth image), per camera.",
+        rebuild=True,
+    ),
+    FieldSpec(
+        "depth_sync_tolerance",
+        float,
+        0.02,
+        "Seconds: a color frame is paired with the depth frame of nearest stamp within this; "
+        "without one its cloud is skipped (counted in /diagnostics).",
+        minimum=0.0,
+        maximum=10.0,
+        rebuild=True,
+    ),
+    FieldSpec(
+        "points_stride",
+        int,
+        1,
+        "Use every n-th depth pixel in u and v (1: every pixel). Changeable at runtime.",
+        minimum=1,
+        maximum=64,
+    ),
+    FieldSpec(
+        "points_organized",
+        bool,
+        False,
+        "false: only valid points (height 1); true: the strided depth grid, invalid points "
+        "NaN. Changeable at runtime.",
+    ),
+    FieldSpec(
+        "depth_min",
+        float,
+        0.1,
+        "Metres: nearer depth gives no point. Changeable at runtime.",
+        minimum=0.0,
+        maximum=1000.0,
+    ),
+    FieldSpec(
+        "depth_max",
+        float,
+        10.0,
+        "Metres: farther depth gives no point (must exceed depth_min). Changeable at runtime.",
+        minimum=0.0,
+        maximum=1000.0,
+    ),
+    FieldSpec(
+        "points_classes",
+        list[str],
+        [],
+        "Only points labelled one of these classes (names or synonyms in classes); empty: "
+        "all. Changeable at runtime.",
+    ),
 )
+POINTS_PARAMETERS = ("points_stride", "points_organized", "depth_min", "depth_max", "points_classes")
 
 _TYPES = {
     bool: ParameterType.PARAMETER_BOOL,
@@ -165,6 +235,28 @@ def check_node_values(node: Node) -> None:
     for spec in NODE_SPECS:
         if spec.choices or spec.minimum is not None or spec.maximum is not None:
             spec.check(value(node, spec.name))
+    camera_names(value(node, "cameras"))
+
+
+_NAME_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def camera_names(names: Any) -> list[str]:
+    """The ``cameras`` parameter as a list; ``ValueError`` for a blank, repeated or invalid
+    name (not a ROS name token, e.g. ``front/left``, ``2nd``, ``a__b``)."""
+    names = list(names or [])
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"cameras: empty camera name in {names!r}")
+        if not _NAME_TOKEN.fullmatch(name) or "__" in name:
+            raise ValueError(
+                f"cameras: {name!r} is not a ROS name token (letters, digits and single "
+                "underscores, not starting with a digit)"
+            )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"cameras: repeated camera names {repeated}")
+    return names
 
 
 def engine_values(node: Node) -> dict[str, Any]:

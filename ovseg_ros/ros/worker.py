@@ -4,8 +4,9 @@ Every camera (key ``""`` in the single-camera mode) has one slot. A frame that a
 the worker is busy replaces the one waiting in its camera's slot and is counted as dropped,
 so the output follows the camera instead of lagging behind it. The worker takes a *round*
 (every camera with a waiting frame), applies parameter changes between rounds (never during
-inference), then processes the round's frames one by one. Executor callbacks only call
-:meth:`Worker.submit`, which never waits for the GPU.
+inference), then processes the round's frames one by one or, in batch mode, all together.
+No camera starves: whatever the others send, a waiting frame is in the next round. Executor
+callbacks only call :meth:`Worker.submit`, which never waits for the GPU.
 """
 
 from __future__ import annotations
@@ -165,20 +166,23 @@ class FrameSlots:
 
 
 class Worker:
-    """One thread: ``between_rounds()``, then ``process(frame)`` for each frame of a round.
+    """One thread: ``between_rounds()``, then ``process(frame)`` for each frame of a round,
+    or with ``batch=True`` ``process(frames)`` once with the round's frames (one per camera).
 
-    An exception in either is counted in the frame's camera stats (``""`` for
+    An exception in either is counted in the stats of the cameras concerned (``""`` for
     ``between_rounds``) and reported to ``on_error(message)``; the worker keeps going.
     """
 
     def __init__(
         self,
-        process: Callable[[Frame], None],
+        process: Callable[[Any], None],
         between_rounds: Callable[[], None],
         stats: Stats,
         on_error: Callable[[str], None],
+        *,
+        batch: bool = False,
     ) -> None:
-        self._process, self._between_rounds = process, between_rounds
+        self._process, self._between_rounds, self._batch = process, between_rounds, batch
         self.stats, self._on_error = stats, on_error
         self.slots = FrameSlots()
         self._busy = threading.Lock()  # held during a round
@@ -229,18 +233,23 @@ class Worker:
             if self._stop.is_set():
                 break
             with self._busy:
-                self._guarded("", self._between_rounds)
+                self._guarded([""], self._between_rounds)
+                if self._batch:  # the whole round in one call: segmented together
+                    if frames and not self._stop.is_set():
+                        self._guarded([f.camera for f in frames], self._process, frames)
+                    continue
                 for frame in frames:
                     if self._stop.is_set():
                         break
-                    self._guarded(frame.camera, self._process, frame)
+                    self._guarded([frame.camera], self._process, frame)
 
-    def _guarded(self, camera: str, function: Callable, *args: Any) -> None:
+    def _guarded(self, cameras: list[str], function: Callable, *args: Any) -> None:
         try:
             function(*args)
         except Exception as exc:  # one bad frame or request must not stop the worker
             error = f"{type(exc).__name__}: {exc}"
-            self.stats.record_error(camera, error)
+            for camera in cameras:
+                self.stats.record_error(camera, error)
             if not self._stop.is_set():
                 self._on_error(f"{error}\n{traceback.format_exc()}")
 

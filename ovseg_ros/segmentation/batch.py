@@ -8,10 +8,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from . import clip_backbone as clip
 from .pearl import tlp_pool_factors, tlp_solve
 from .postprocess import CHUNK_ELEMENTS
+
+Norm = tuple[torch.Tensor, torch.Tensor]  # mean, std [1, 3, 1, 1]
+WindowOutputs = tuple[torch.Tensor, tuple[int, int]]  # per-window tensor, patch grid
 
 
 class StageTimer:
@@ -34,19 +38,19 @@ class StageTimer:
         return self.timings
 
 
-def pearl_tokens(visual, norm, windows: torch.Tensor):
+def pearl_tokens(visual: nn.Module, norm: Norm, windows: torch.Tensor) -> WindowOutputs:
     """Windows ``[n, 3, s, t]`` in [0, 1] -> tokens before PEARL's last block and the grid."""
     mean, std = norm
     return clip.tokens_before_last_block(visual, (windows - mean) / std, pearl_style=True)
 
 
-def maskclip_features(visual, norm, windows: torch.Tensor):
+def maskclip_features(visual: nn.Module, norm: Norm, windows: torch.Tensor) -> WindowOutputs:
     """Windows ``[n, 3, s, t]`` in [0, 1] -> MaskCLIP patch features ``[n, hw, D]``, grid."""
     mean, std = norm
     return clip.maskclip_patch_features(visual, (windows - mean) / std)
 
 
-def dino_features(model, norm, windows: torch.Tensor):
+def dino_features(model: nn.Module, norm: Norm, windows: torch.Tensor) -> WindowOutputs:
     """Windows ``[n, 3, s, t]`` in [0, 1] -> DINO value features ``[n, hw, D]``, grid."""
     from .dino_backbone import dino_value_features
 

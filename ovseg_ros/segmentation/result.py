@@ -42,7 +42,13 @@ class SegmentationResult:
         self.confidence: np.ndarray = maps.confidence.cpu().numpy()
         self.vocabulary = vocabulary
         self.timings = timings
-        self._maps = maps
+        # Keep only the host copies of labels and confidence (no second copy on the GPU).
+        self._maps = OutputMaps(
+            torch.from_numpy(self.labels),
+            torch.from_numpy(self.confidence),
+            maps.max_score,
+            maps.norm,
+        )
         self._scores = scores  # [Q, h, w] the scores that are upsampled to the image size
         self._offsets = list(offsets)
         self._query_to_entry = query_to_entry

@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve_args(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Fill the defaults that depend on --quick / --components / --params; the (device,
     dtype) plan."""
-    loaded = read_params(args.params, args.node)
+    loaded = read_params(args.params, args.params_node)
     args.base = loaded.config
     args.methods = args.methods or ([args.base.method] if args.params else list(METHODS))
     args.preset = args.preset or args.base.preset

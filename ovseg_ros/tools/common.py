@@ -121,7 +121,7 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def add_params_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--params FILE`` (a node params file, e.g. config/segment.yaml) and ``--node NAME``."""
+    """``--params FILE`` (a node params file, e.g. config/segment.yaml), ``--params-node NAME``."""
     parser.add_argument(
         "--params",
         default="",
@@ -130,7 +130,7 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
         "wildcard (/**) or several nodes",
     )
     parser.add_argument(
-        "--node",
+        "--params-node",
         default=DEFAULT_NODE,
         metavar="NAME",
         help=f"which node's parameters to read from --params (default: {DEFAULT_NODE}; "

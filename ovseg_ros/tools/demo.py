@@ -238,6 +238,14 @@ def _run(args: argparse.Namespace, domain: int, localhost: bool, why: str) -> in
     code = 0
     try:
         for i in range(args.frames):
+            if foreign[0]:
+                print(
+                    f"error: {node_name}/labels carries labels of frames this camera never sent:"
+                    f" another node has this name on ROS domain {domain}; stopping before it is"
+                    " asked to change its classes (use another --namespace)",
+                    file=sys.stderr,
+                )
+                break
             msg = Image(height=frame.shape[0], width=frame.shape[1], encoding="rgb8")
             msg.step = frame.shape[1] * 3
             msg.data = frame.tobytes()
@@ -284,14 +292,27 @@ def _run(args: argparse.Namespace, domain: int, localhost: bool, why: str) -> in
     return code
 
 
-def _name_taken(node, namespace: str, name: str, wait_s: float = 1.0) -> bool:
-    """Whether a node ``namespace/name`` shows up in the graph within ``wait_s`` (discovery
-    is asynchronous: a short wait catches nodes on this machine and the local network)."""
-    deadline = time.monotonic() + wait_s
+def _name_taken(
+    node,
+    namespace: str,
+    name: str,
+    settle_s: float = 1.0,
+    least_s: float = 2.0,
+    most_s: float = 6.0,
+) -> bool:
+    """Whether a node ``namespace/name`` shows up in the graph. Discovery is asynchronous:
+    waits at least ``least_s`` and until the graph has not changed for ``settle_s`` (at most
+    ``most_s``). Best effort: the labels' stamps are checked as well (see ``_run``)."""
+    start = last_change = time.monotonic()
+    graph = None
     while True:
-        if (name, namespace) in node.get_node_names_and_namespaces():
+        names = set(node.get_node_names_and_namespaces())
+        if (name, namespace) in names:
             return True
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if names != graph:
+            graph, last_change = names, now
+        if now - start >= most_s or (now - start >= least_s and now - last_change >= settle_s):
             return False
         time.sleep(0.1)
 

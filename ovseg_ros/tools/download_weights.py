@@ -65,7 +65,7 @@ def needed_sources(args: argparse.Namespace) -> tuple[list[WeightSource], str]:
         "weights_cache_dir": args.cache_dir,
         "device": "cpu",
     }
-    base = read_params(args.params, args.node, overrides).config
+    base = read_params(args.params, args.params_node, overrides).config
     methods = args.method or ([base.method] if args.params else list(METHODS))
     sources: dict[tuple[str, str], WeightSource] = {}
     try:

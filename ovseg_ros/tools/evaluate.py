@@ -370,7 +370,7 @@ def build_report(
 
 def _params_file_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The engine settings the ``--params`` file sets."""
-    return read_params(args.params, args.node).settings if args.params else {}
+    return read_params(args.params, args.params_node).settings if args.params else {}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -109,11 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def is_node_mode(argv: list[str]) -> bool:
-    """``--node`` given as a switch (``--node NAME``, a params file's node name, takes a value)."""
-    return any(
-        arg == "--node" and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
-        for i, arg in enumerate(argv)
-    )
+    """``ovseg-bench --node``: the node end to end over DDS instead of the engine alone."""
+    return "--node" in argv
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -148,7 +145,9 @@ def _role(role: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "ovseg_ros.tools.node_bench_procs", role, *args]
 
 
-def _camera(env, topic: str, size: tuple[int, int], args: argparse.Namespace) -> dict:
+def _camera(
+    env: dict[str, str], topic: str, size: tuple[int, int], args: argparse.Namespace
+) -> dict:
     """Run the camera process to the end; its report (measured stamps, start/end)."""
     width, height = size
     command = _role(

@@ -656,7 +656,7 @@ def _options(args: argparse.Namespace, params: dict[str, Any], vocabulary: Any) 
 
 def _run(args: argparse.Namespace) -> int:
     flags = {"method": args.method, "preset": args.preset, "device": args.device}
-    loaded = read_params(args.params, args.node, flags)
+    loaded = read_params(args.params, args.params_node, flags)
     params, config = loaded.node, loaded.config
     classes = args.classes or _string_list(params.get("classes"), "classes")
     if not classes:

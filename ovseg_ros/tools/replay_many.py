@@ -279,7 +279,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     from ovseg_ros.tools.common import read_params
 
     flags = {"method": args.method, "preset": args.preset, "device": args.device}
-    loaded = read_params(args.params, args.node, flags)
+    loaded = read_params(args.params, args.params_node, flags)
     params, config = loaded.node, loaded.config
     classes = args.classes or replay._string_list(params.get("classes"), "classes")
     if not classes:
