@@ -2,10 +2,15 @@
 
     ros2 launch ovseg_ros segment.launch.py image:=/camera/color/image_raw
     ros2 launch ovseg_ros segment.launch.py classes:="['floor', 'person', 'door']" device:=cuda
+    ros2 launch ovseg_ros segment.launch.py depth:=true   # + ~/points, ~/camera_info (RealSense)
+    ros2 launch ovseg_ros segment.launch.py cameras:="['front', 'left']" \
+        camera_topics:="{front: /front/camera/color/image_raw, left: /left/camera/color/image_raw}"
 
 Arguments left empty (method, classes, device, preset, image_transport) come from the params
 file (config/segment.yaml by default). With ``image_transport:=compressed`` the node subscribes
 ``<image>/compressed`` only (the image_transport convention; it resolves the remapped name).
+With ``cameras``, one node segments several cameras with one model: camera ``c`` reads
+``c/image`` (remapped by ``camera_topics``) and publishes ``~/c/labels`` etc.
 """
 
 from __future__ import annotations
@@ -37,6 +42,36 @@ def generate_launch_description() -> LaunchDescription:
             default_value="",
             description="raw (subscribe image) or compressed (image/compressed only); "
             "empty: from params_file (raw).",
+        ),
+        DeclareLaunchArgument(
+            "depth",
+            default_value="",
+            description="true: also publish ~/points (labelled PointCloud2) and ~/camera_info "
+            "from the depth_topic and camera_info inputs; empty: from params_file (false).",
+        ),
+        DeclareLaunchArgument(
+            "depth_topic",
+            default_value="/camera/aligned_depth_to_color/image_raw",
+            description="Depth image registered to the color image (16UC1 mm or 32FC1 m), "
+            "remaps depth. The default is realsense-ros with align_depth.enable:=true.",
+        ),
+        DeclareLaunchArgument(
+            "camera_info",
+            default_value="/camera/color/camera_info",
+            description="sensor_msgs/CameraInfo of the depth image, remaps camera_info.",
+        ),
+        DeclareLaunchArgument(
+            "cameras",
+            default_value="",
+            description="Several cameras in one node, as a YAML list, e.g. \"['front', 'left']\": "
+            "camera c reads c/image and publishes ~/c/labels ...; empty: from params_file "
+            "(one camera: the image argument).",
+        ),
+        DeclareLaunchArgument(
+            "camera_topics",
+            default_value="",
+            description="Image topic of each camera (remaps c/image), a YAML mapping, e.g. "
+            '"{front: /front/camera/color/image_raw}"; cameras left out read c/image.',
         ),
         DeclareLaunchArgument(
             "method",
@@ -95,6 +130,14 @@ def _segment_node(context: LaunchContext, *args, **kwargs) -> list[Node]:
             overrides[name] = value(name)
     if value("classes"):
         overrides["classes"] = _parse_classes(value("classes"))
+    cameras = _parse_cameras(value("cameras"))
+    if cameras:
+        overrides["cameras"] = cameras
+    depth = value("depth").lower()
+    if depth and depth not in _TRUE + _FALSE:
+        raise ValueError(f"depth must be true or false, got {depth!r}")
+    if depth:
+        overrides["depth"] = depth in _TRUE
     sim_time = value("use_sim_time").lower()
     if sim_time not in _TRUE + _FALSE:
         raise ValueError(f"use_sim_time must be true or false, got {sim_time!r}")
@@ -103,6 +146,12 @@ def _segment_node(context: LaunchContext, *args, **kwargs) -> list[Node]:
     image = value("image").rstrip("/")
     if not image:
         raise ValueError("the image argument must name a topic")
+    remappings = [("image", image)]
+    for name, argument in (("depth", "depth_topic"), ("camera_info", "camera_info")):
+        if value(argument).rstrip("/"):
+            remappings.append((name, value(argument).rstrip("/")))
+    for camera, topic in _parse_camera_topics(value("camera_topics"), cameras).items():
+        remappings.append((f"{camera}/image", topic))
     return [
         Node(
             package="ovseg_ros",
@@ -110,7 +159,7 @@ def _segment_node(context: LaunchContext, *args, **kwargs) -> list[Node]:
             name=value("node_name"),
             namespace=value("namespace"),
             parameters=[value("params_file"), overrides],  # later entries win
-            remappings=[("image", image)],
+            remappings=remappings,
             output="screen",
             emulate_tty=True,
             additional_env=_dds_env(value("dds_profile"), context),
@@ -145,3 +194,37 @@ def _parse_classes(text: str) -> list[str]:
     ):
         raise ValueError(f"classes must be a non-empty list of names, got {text!r}")
     return [str(c) for c in classes]
+
+
+def _parse_cameras(text: str) -> list[str]:
+    """``"['front', 'left']"`` -> camera names ("" -> []); the node validates the names."""
+    if not text:
+        return []
+    try:
+        cameras = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"cameras is not a YAML list: {text!r} ({exc})") from exc
+    if isinstance(cameras, str):
+        cameras = [cameras]
+    if not isinstance(cameras, list) or not all(isinstance(c, str) for c in cameras):
+        raise ValueError(f"cameras must be a list of names, got {text!r}")
+    return cameras
+
+
+def _parse_camera_topics(text: str, cameras: list[str]) -> dict[str, str]:
+    """``"{front: /front/camera/color/image_raw}"`` -> camera -> image topic (checked against
+    the ``cameras`` argument when it is given)."""
+    if not text:
+        return {}
+    try:
+        topics = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"camera_topics is not a YAML mapping: {text!r} ({exc})") from exc
+    if not isinstance(topics, dict) or not all(
+        isinstance(t, str) and t.strip() for t in topics.values()
+    ):
+        raise ValueError(f"camera_topics must map camera names to topics, got {text!r}")
+    unknown = sorted(str(c) for c in topics if c not in cameras)
+    if unknown and cameras:  # cameras from the params file are not known here
+        raise ValueError(f"camera_topics: {unknown} not in cameras {cameras}")
+    return {str(c): t.strip() for c, t in topics.items()}

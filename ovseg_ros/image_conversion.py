@@ -296,6 +296,15 @@ def array_to_image_fields(array: np.ndarray, encoding: str) -> dict[str, Any]:
     ``rgb8`` (uint8 HxWx3). Data is written little-endian with no row padding. Returns a dict
     with ``height, width, encoding, is_bigendian, step, data`` (``data`` is ``bytes``).
     """
+    fields, contiguous = image_fields_and_array(array, encoding)
+    fields["data"] = contiguous.tobytes()
+    return fields
+
+
+def image_fields_and_array(array: np.ndarray, encoding: str) -> tuple[dict[str, Any], np.ndarray]:
+    """:func:`array_to_image_fields` without ``data``, and the array whose bytes are the data
+    (C-contiguous, little-endian; ``array`` itself when it already is): for callers that copy
+    the bytes into a buffer of their own instead of making a ``bytes`` object."""
     if encoding not in _OUTPUT_LAYOUTS:
         raise ImageConversionError(
             f"cannot write encoding {encoding!r}; supported: {', '.join(_OUTPUT_LAYOUTS)}",
@@ -315,14 +324,14 @@ def array_to_image_fields(array: np.ndarray, encoding: str) -> dict[str, Any]:
         )
     height, width = array.shape[:2]
     contiguous = np.ascontiguousarray(array, dtype=dtype)  # also fixes the byte order
-    return {
+    fields = {
         "height": int(height),
         "width": int(width),
         "encoding": encoding,
         "is_bigendian": 0,
         "step": int(width * channels * dtype.itemsize),
-        "data": contiguous.tobytes(),
     }
+    return fields, contiguous
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -353,7 +362,7 @@ def _check_header(buffer: np.ndarray, format: str, max_pixels: int | None) -> No
     if size is None:
         raise ImageConversionError(
             f"cannot read the size of {buffer.size} bytes of compressed image data (format "
-            f"{format!r}) from a header: not JPEG, PNG, WebP or another format Pillow knows",
+            f"{format!r}) from a header: not JPEG, PNG, WebP, BMP, TIFF, GIF, PPM or JPEG 2000",
             kind="decode",
         )
     _check_size(size[1], size[0], max_pixels, what="compressed image")

@@ -2,8 +2,9 @@
 
 A few hundred bytes of PNG can declare 16000x16000 pixels: the size has to be known before a
 decoder allocates the frame. JPEG, PNG, WebP and BMP headers are parsed here (a handful of
-bytes each); other formats go through Pillow's ``Image.open``, which also reads only the
-header. No decoder runs and nothing proportional to the declared size is allocated.
+bytes each); TIFF, GIF, PPM and JPEG 2000 go through Pillow's ``Image.open``, which also reads
+only the header. Anything else is not recognised (and so not decoded by the callers). No
+decoder runs and nothing proportional to the declared size is allocated.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ _JPEG_SOF = frozenset(
 )
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RSTn: no length field
 _JPEG_MAX_SEGMENTS = 1000  # real files have a dozen before the frame header
+# Other formats OpenCV also decodes, whose headers Pillow reads.
+_PILLOW_FORMATS = ("TIFF", "GIF", "PPM", "JPEG2000")
 
 
 class HeaderError(ValueError):
@@ -111,13 +114,13 @@ def _bmp_size(head: bytes) -> tuple[int, int]:
 
 
 def _pillow_size(view: memoryview) -> tuple[int, int] | None:
-    """TIFF and the other formats Pillow knows; ``Image.open`` parses only the header."""
+    """:data:`_PILLOW_FORMATS` through ``Image.open``, which parses only the header."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
         return None
     try:
-        with Image.open(io.BytesIO(view)) as image:
+        with Image.open(io.BytesIO(view), formats=_PILLOW_FORMATS) as image:
             return image.size
     except UnidentifiedImageError:
         return None

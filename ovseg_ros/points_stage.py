@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,9 +188,7 @@ class PointsStage:
             values.update({f"clouds_skipped_{k}": n for k, n in self._skipped.items()})
         return values
 
-    def _check(
-        self, info: Any, depth_msg: Any, color_ns: int
-    ) -> tuple[str, str] | None:
+    def _check(self, info: Any, depth_msg: Any, color_ns: int) -> tuple[str, str] | None:
         if depth_msg is None:
             with self._lock:
                 latest = self._latest_depth_ns
@@ -307,8 +305,3 @@ def camera_info_fields(msg: Any) -> dict[str, Any]:
 
 def _seconds(ns: int) -> str:
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
-
-
-def settings_names() -> Sequence[str]:
-    """The parameters :meth:`PointsSettings.from_values` reads."""
-    return ("points_stride", "points_organized", "depth_min", "depth_max", "points_classes")

@@ -1,10 +1,17 @@
-"""The benchmark CLI on tiny models (CPU): records, table, exit codes. No timing is asserted."""
+"""The benchmark CLI on tiny models (CPU): records, table, exit codes, rows printed as they
+are measured, the CPU estimate. No timing is asserted."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from ovseg_ros.tools import bench, bench_measure
+from ovseg_ros.tools import bench, bench_estimate, bench_measure
+
+REPO = Path(__file__).resolve().parents[1]
 
 STAGES = {
     "pearl": {"preprocess", "backbone", "attention", "stitch", "tlp", "postprocess", "total"},
@@ -60,6 +67,7 @@ def test_full_preset_without_weights_exits_2_with_hint(tmp_path, monkeypatch, ca
     assert "weights are not on this machine" in err
     assert str(empty) in err
     assert "--preset tiny" in err
+    assert "hint: random preset on CPU: ~" in err  # what the suggested run costs
     assert "Traceback" not in err
 
 
@@ -117,3 +125,56 @@ def test_params_file_gives_the_method_and_settings(tmp_path):
     bench._resolve_args(args)
     config = bench._config(args, "maskclip", "cpu", "fp32")
     assert (config.preset, config.window_stride) == ("tiny", 224)
+
+
+def test_rows_stream_as_they_are_measured():
+    """Each row is on stdout before the next configuration starts (stderr merged in order)."""
+    argv = ["--preset", "tiny", "--devices", "cpu", "--methods", "pearl", "maskclip"]
+    argv += ["--sizes", "64x48", "--classes", "3", "--warmup", "0", "--repeat", "1"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ovseg_ros.tools.bench", *argv],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = [line.rstrip("\n") for line in process.stdout]
+    assert process.wait(timeout=300) == 0, "\n".join(lines)
+    index = {name: i for i, line in enumerate(lines) for name in _markers(line)}
+    assert index["estimate"] < index["header"] < index["[1/2]"] < index["row pearl"]
+    assert index["row pearl"] < index["[2/2]"] < index["row maskclip"], "\n".join(lines)
+    assert "min so far" in lines[index["[2/2]"]]  # the pace of the first row: time left
+
+
+def _markers(line: str) -> list[str]:
+    found = []
+    if line.startswith("tiny preset on CPU:"):
+        found.append("estimate")
+    if line.startswith("| method | device |"):
+        found.append("header")
+    if line.startswith(("[1/2]", "[2/2]")):
+        found.append(line[:5])
+    for method in ("pearl", "maskclip"):
+        if line.startswith(f"| {method} | cpu | fp32 | 64x48 | 3 |"):
+            found.append(f"row {method}")
+    return found
+
+
+def test_cpu_estimate_of_the_random_preset():
+    args = bench.build_parser().parse_args(["--preset", "random", "--devices", "cpu"])
+    bench._resolve_args(args)
+    frames = args.warmup + args.repeat
+    line = bench_estimate.estimate_line(args.preset, args.methods, args.sizes, args.classes, frames)
+    assert line.startswith("random preset on CPU: ~") and "--methods" in line
+    default = bench_estimate.cpu_seconds(args.methods, args.sizes, args.classes, frames)
+    # Known answer from the reference costs: every term of the sum by hand for one method.
+    cost = bench_estimate.REFERENCE_CPU["pearl"]
+    pearl = cost.build_s + 100 * cost.name_s
+    for width, height in ((640, 480), (1280, 720)):
+        pearl += 3 * 13 * (cost.frame_base_s + cost.frame_s_per_mpx * width * height / 1e6)
+    assert bench_estimate.cpu_seconds(["pearl"], args.sizes, args.classes, 13) == (
+        pytest.approx(pearl)
+    )
+    # Fewer methods, sizes or classes: shorter; the default matrix takes many minutes.
+    assert bench_estimate.cpu_seconds(["pearl"], [(640, 480)], [20], 4) < pearl < default
+    assert default > 20 * 60

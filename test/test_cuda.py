@@ -14,10 +14,14 @@ Half precision tolerances (fp16 / bf16 backbone against fp32, the same frame and
 * A label flips only where fp32's top-two margin is below that error: on real frames a small
   fraction of pixels, at region borders.
 
-Hence, per method on a 640x480 frame: fp16 mean |dp| <= 0.002, 99th percentile of the
-per-pixel max |dp| <= 0.02, labels agree on >= 99.5% of pixels; bf16 mean |dp| <= 0.005, p99
-<= 0.05, labels >= 99%. Measured on the CPU (tiny models, 2 blocks): fp16 p99 0.001-0.002,
-agreement >= 99.95%; bf16 p99 0.007-0.01, agreement >= 99.8%.
+Hence, per method on a 640x480 frame (the random preset: real depth, random weights): fp16
+mean |dp| <= 0.002 and 99th percentile of the per-pixel max |dp| <= 0.02; bf16 0.005 and
+0.05. Labels must agree on >= 99.9% of the pixels whose fp32 top-two margin exceeds that p99
+bound (where a flip would mean a real error). Overall agreement is recorded, not asserted
+strictly (>= 95%): random weights leave many near ties (median top-two margin 0.02 for the
+random preset's PEARL, 0.35-0.45 for the tiny models). Measured on the CPU: tiny models fp16 p99 0.001-0.002, bf16 0.007-0.01,
+overall agreement >= 99.8%; the random preset's PEARL in bf16 p99 0.0005, mean 5e-5, overall
+agreement 99.4%, every flipped pixel within a 0.0006 margin.
 """
 
 from __future__ import annotations
@@ -46,9 +50,9 @@ pytestmark = [
 ]
 
 METHODS = ("pearl", "maskclip", "lposs", "lposs_plus")
-HALF_TOLERANCES = {  # dtype: (mean |dp|, p99 of per-pixel max |dp|, min label agreement)
-    "fp16": (0.002, 0.02, 0.995),
-    "bf16": (0.005, 0.05, 0.99),
+HALF_TOLERANCES = {  # dtype: (mean |dp|, p99 of the per-pixel max |dp|)
+    "fp16": (0.002, 0.02),
+    "bf16": (0.005, 0.05),
 }
 
 
@@ -209,16 +213,26 @@ def test_half_precision_matches_fp32(fp32_random, method, dtype):
     assert np.isfinite(half.probabilities).all()
     assert np.allclose(half.probabilities.sum(0), 1.0, atol=1e-3)
     diff = np.abs(half.probabilities - reference.probabilities)
-    mean_tol, p99_tol, agree_tol = HALF_TOLERANCES[dtype]
+    mean_tol, p99_tol = HALF_TOLERANCES[dtype]
     p99 = float(np.quantile(diff.max(axis=0), 0.99))
-    agreement = float((half.labels == reference.labels).mean())
+    same = half.labels == reference.labels
+    top2 = np.sort(reference.probabilities, axis=0)[-2:]
+    decided = (top2[1] - top2[0]) > p99_tol
+    decided_agreement = float(same[decided].mean()) if decided.any() else 1.0
     record(
         f"half_{method}_{dtype}",
-        {"mean_dp": float(diff.mean()), "p99_dp": p99, "label_agreement": agreement},
+        {
+            "mean_dp": float(diff.mean()),
+            "p99_dp": p99,
+            "label_agreement": float(same.mean()),
+            "agreement_where_decided": decided_agreement,
+            "decided_fraction": float(decided.mean()),
+        },
     )
     assert diff.mean() <= mean_tol
     assert p99 <= p99_tol
-    assert agreement >= agree_tol
+    assert decided_agreement >= 0.999
+    assert same.mean() >= 0.95
 
 
 # --- acceleration options ---------------------------------------------------------------------

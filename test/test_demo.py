@@ -43,6 +43,7 @@ def _env() -> dict[str, str]:
     env["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
     env["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"
     env.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
+    env.pop("ROS_LOCALHOST_ONLY", None)
     return env
 
 
@@ -168,6 +169,7 @@ def test_demo_on_its_private_domain_by_default(robot: LiveRobot) -> None:
     assert domain != DOMAIN_ID  # ROS_DOMAIN_ID is the robot's: never picked
     assert "a random private domain" in done.stdout
     assert "discovery on this machine only" in done.stdout
+    assert f"watch it with: ROS_DOMAIN_ID={domain} ROS_" in done.stdout
     _check_demo_output(done, domain)
     _assert_untouched(robot, before)
 
@@ -201,6 +203,8 @@ def test_domain_choice() -> None:
         parser.parse_args(["--domain-id", "233"])
     with pytest.raises(SystemExit):
         parser.parse_args(["--domain-id", "3", "--use-env-domain"])
+    assert demo.local_discovery_env("jazzy") == ("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    assert demo.local_discovery_env("humble") == ("ROS_LOCALHOST_ONLY", "1")
 
 
 def test_bad_namespace_is_a_usage_error(capsys) -> None:

@@ -83,6 +83,8 @@ def encoded(fmt: str, mode: str = "RGB", **options) -> bytes:
         ("BMP", "RGB", {}, None),
         ("TIFF", "RGB", {}, None),  # through Pillow's header reader
         ("GIF", "RGB", {}, None),
+        ("PPM", "RGB", {}, None),
+        ("JPEG2000", "RGB", {}, None),
     ],
 )
 def test_header_size_of_real_files(fmt: str, mode: str, options: dict, chunk: bytes | None):
@@ -122,10 +124,11 @@ def test_malformed_headers(data: bytes):
     assert info.value.kind == "decode"
 
 
-def test_unknown_format_is_not_guessed():
-    assert compressed_image_size(b"definitely not an image") is None
+@pytest.mark.parametrize("data", [b"definitely not an image", encoded("TGA"), encoded("PCX")])
+def test_unknown_format_is_not_decoded(data: bytes):
+    assert compressed_image_size(data) is None
     with pytest.raises(ImageConversionError, match="cannot read the size") as info:
-        compressed_to_rgb("png", b"definitely not an image")
+        compressed_to_rgb("png", data)
     assert info.value.kind == "decode"
 
 

@@ -14,12 +14,15 @@ import numpy as np
 from rclpy.callback_groups import CallbackGroup
 from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode
-from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from ovseg_ros.image_conversion import array_to_image_fields
-from ovseg_ros.pipeline import CONFIDENCE, LABELS, OVERLAY, Output, OutputPlan
+from ovseg_ros.pipeline import CONFIDENCE, IMAGE, LABELS, OVERLAY, Output, OutputPlan
+from ovseg_ros.ros.adaptive_qos import OVERRIDING_OPTIONS
+from ovseg_ros.ros.depth_input import DepthInput
+from ovseg_ros.ros.input_loss import InputLossEstimator, stamp_ns
+from ovseg_ros.ros.output_messages import OutputMessages
 from ovseg_ros.ros.qos import OUTPUT_QOS, input_qos
 from ovseg_ros.ros.worker import Frame
 
@@ -38,6 +41,10 @@ class Camera:
             for suffix in (LABELS, CONFIDENCE, OVERLAY)
         }
         self._class_publishers: dict[str, object] = {}  # "confidence/<class>" -> publisher
+        self.depth: DepthInput | None = None  # depth side, attached by the node with depth:=true
+        self.input_loss = InputLossEstimator()  # frames lost before reaching us, from the stamps
+        self._resubscribe: Callable[[], str] | None = None
+        self._messages = OutputMessages()  # one reusable message per output topic
 
     # -- input -------------------------------------------------------------------------------
 
@@ -62,23 +69,44 @@ class Camera:
         events = SubscriptionEventCallbacks(
             incompatible_qos=lambda info: on_incompatible(holder.get("topic", topic), info)
         )
-        key = self.key
         self.subscription = self.node.create_subscription(
             msg_type,
             topic,
-            lambda msg: on_frame(Frame(key, msg, compressed)),
+            lambda msg: on_frame(self._frame(msg, compressed)),
             input_qos(self.node, topic, reliability),
             callback_group=group,
             event_callbacks=events,
-            qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+            qos_overriding_options=OVERRIDING_OPTIONS,
+        )
+        self._resubscribe = lambda: self.subscribe(
+            transport, reliability, on_frame, on_incompatible, group
         )
         holder["topic"] = self.subscription.topic_name
+        if self.depth is not None:
+            self.depth.subscribe(reliability, group)
         return self.subscription.topic_name
+
+    def resubscribe(self) -> str:
+        """Recreate the subscription with the same arguments (its reliability chosen anew)."""
+        if self.subscription is not None:
+            self.node.destroy_subscription(self.subscription)
+            self.subscription = None
+        return self._resubscribe() if self._resubscribe is not None else ""
 
     def unsubscribe(self) -> None:
         if self.subscription is not None:
             self.node.destroy_subscription(self.subscription)
             self.subscription = None
+        if self.depth is not None:
+            self.depth.unsubscribe()
+        self.input_loss.clear()  # a later activation starts a new stamp sequence
+        self._resubscribe = None
+
+    def _frame(self, msg: Image | CompressedImage, compressed: bool) -> Frame:
+        """The worker's frame for ``msg``, with the frames lost just before it (by stamp)."""
+        stamp = stamp_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
+        lost = self.input_loss.update(stamp) if stamp > 0 else 0
+        return Frame(self.key, msg, compressed, lost_before=lost)
 
     # -- outputs -----------------------------------------------------------------------------
 
@@ -104,9 +132,14 @@ class Camera:
 
     def publish(self, header: Header, outputs: list[Output]) -> None:
         for output in outputs:
+            if output.kind != IMAGE:  # points, camera_info
+                if self.depth is not None:
+                    self.depth.publish(header, output)
+                continue
             publisher = self._publisher(output.suffix)
             if publisher is not None:
-                publisher.publish(image_msg(header, output.array, output.encoding))
+                msg = self._messages.message(output.suffix, header, output.array, output.encoding)
+                publisher.publish(msg)
 
     def class_topics(self) -> dict[str, int]:
         """Resolved per-class topic names -> vocabulary entry index."""
@@ -121,6 +154,9 @@ class Camera:
         for publisher in [*self._publishers.values(), *self._class_publishers.values()]:
             self.node.destroy_lifecycle_publisher(publisher)
         self._publishers, self._class_publishers = {}, {}
+        if self.depth is not None:
+            self.depth.destroy()
+            self.depth = None
 
     def _publisher(self, suffix: str):
         return self._publishers.get(suffix) or self._class_publishers.get(suffix)

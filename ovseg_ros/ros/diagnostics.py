@@ -1,7 +1,9 @@
 """The node's ``/diagnostics`` status: a pure function of a stats snapshot and the node state.
 
 Levels: ERROR while the last configure failed and no model is loaded; while active, WARN for
-inference errors, invalid input frames or no input since the previous status; OK otherwise.
+inference errors, invalid input frames, more than :data:`INPUT_LOSS_WARN` of the camera's
+frames lost on the way in (estimated from the gaps in its stamps, :mod:`.input_loss`) or no
+input since the previous status; OK otherwise.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 from ovseg_ros.ros.worker import StatsSnapshot
+
+INPUT_LOSS_WARN = 0.05  # share of the camera's frames lost in transport that warns
+INPUT_LOSS_HINT = 'see the README section "Large images and DDS"'
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,10 @@ class NodeInfo:
     preset: str = ""
     vocabulary_version: int = 0
     vocabulary_size: int = 0
+    # A classes change being encoded: the version it will get, names encoded / to encode.
+    pending_version: int = 0  # 0: none
+    pending_done: int = 0
+    pending_total: int = 0  # 0: not known yet
 
 
 def segmentation_status(
@@ -38,6 +47,8 @@ def segmentation_status(
     new_frames = now.received - previous.received
     new_invalid = now.invalid - previous.invalid
     new_errors = now.errors - previous.errors
+    new_lost = now.input_lost - previous.input_lost
+    loss = new_lost / (new_lost + new_frames) if new_lost > 0 else 0.0
 
     level, message = DiagnosticStatus.OK, info.state
     if info.failure and not info.configured:
@@ -48,6 +59,12 @@ def segmentation_status(
             level, message = DiagnosticStatus.WARN, f"inference errors: {now.last_error}"
         elif new_invalid:
             level, message = DiagnosticStatus.WARN, f"{new_invalid} invalid input frames"
+        elif loss > INPUT_LOSS_WARN:
+            level = DiagnosticStatus.WARN
+            message = (
+                f"{loss:.0%} of the camera's frames lost before reaching the node ({new_lost} "
+                f"of {new_lost + new_frames}); {INPUT_LOSS_HINT}"
+            )
         elif new_frames == 0:
             level, message = DiagnosticStatus.WARN, "no input frames"
 
@@ -58,6 +75,10 @@ def segmentation_status(
         "preset": info.preset,
         "vocabulary_version": info.vocabulary_version if info.configured else 0,
         "vocabulary_size": info.vocabulary_size if info.configured else 0,
+        "vocabulary_pending_version": info.pending_version or "",
+        "vocabulary_encoding": (
+            f"{info.pending_done}/{info.pending_total or '?'}" if info.pending_version else ""
+        ),
         "rate_hz": f"{rate:.2f}",
         "frames_received": now.received,
         "frames_processed": now.processed,
@@ -65,6 +86,8 @@ def segmentation_status(
         "frames_invalid": now.invalid,
         "inference_errors": now.errors,
         "qos_incompatible_events": now.qos_incompatible,
+        "frames_lost_in_transport": now.input_lost,
+        "input_loss_percent": f"{100 * loss:.1f}",
     }
     for key, samples in (("latency", now.latency), ("inference", now.inference)):
         for q in (50, 90, 99):
@@ -98,3 +121,31 @@ def camera_statuses(
         )
         for key in cameras
     ]
+
+
+def points_status(
+    name: str, now: dict[str, int], previous: dict[str, int], active: bool
+) -> DiagnosticStatus:
+    """The status of one camera's point clouds (``"<node>: points[ <camera>]"``).
+
+    ``now`` / ``previous``: :meth:`ovseg_ros.points_stage.PointsStage.counters` at this and the
+    previous status. WARN while active when clouds were skipped since the previous status
+    (the message names the most frequent reason), OK otherwise.
+    """
+    skipped = {
+        key.removeprefix("clouds_skipped_"): n - previous.get(key, 0)
+        for key, n in now.items()
+        if key.startswith("clouds_skipped_")
+    }
+    new_clouds = now.get("clouds_published", 0) - previous.get("clouds_published", 0)
+    level, message = DiagnosticStatus.OK, f"{new_clouds} clouds"
+    worst = max(skipped, key=lambda k: skipped[k], default="")
+    if active and worst and skipped[worst] > 0:
+        level = DiagnosticStatus.WARN
+        message = f"{sum(skipped.values())} clouds skipped (mostly {worst}), {new_clouds} published"
+    return DiagnosticStatus(
+        level=level,
+        name=name,
+        message=message,
+        values=[KeyValue(key=k, value=str(v)) for k, v in now.items()],
+    )

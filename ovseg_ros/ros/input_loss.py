@@ -116,7 +116,9 @@ class InputLossEstimator:
             self._duplicates = 0
 
     def update(self, stamp: int) -> int:
-        """Record a frame by its header stamp (ns); return how many were lost just before it."""
+        """Record a frame by its header stamp (ns); return how many frames were newly counted
+        lost: those just before it, plus, once the period becomes known, the warm-up's (so the
+        returns sum to ``stats().lost``)."""
         with self._lock:
             last, self._last = self._last, stamp
             if last is None:
@@ -136,14 +138,16 @@ class InputLossEstimator:
             self._period = self._estimate_period()
             if self._period is None:
                 return 0
+            warmup = 0
             if not had_period:  # count the warm-up deltas too, now that the period is known
-                self._lost += sum(self._missing(d) for d in list(self._window)[:-1])
+                warmup = sum(self._missing(d) for d in list(self._window)[:-1])
+                self._lost += warmup
             if self._multiple(delta) > self._max_gap:
                 self._pauses += 1
-                return 0
+                return warmup
             missing = self._missing(delta)
             self._lost += missing
-            return missing
+            return warmup + missing
 
     def stats(self) -> InputLossStats:
         with self._lock:

@@ -11,8 +11,10 @@ A managed (lifecycle) node, ``ovseg`` by default, that configures and activates 
 
 Frames go through one worker thread (:mod:`.worker`): latest frame only, so the output
 follows the camera, and executor callbacks (parameters, services, lifecycle) never wait on
-the GPU. Vocabulary changes (``classes``) are applied between frames; ``~/vocabulary`` says
-from which frame on each version holds (:mod:`.versions`).
+the GPU. Vocabulary changes (``classes``) are encoded on their own thread
+(:mod:`.vocabulary_updater`) and applied between frames; ``~/vocabulary`` says from which
+frame on each version holds (:mod:`.versions`). Invalid lifecycle requests are refused
+(:mod:`.lifecycle_guard`).
 
 Run: ``ros2 run ovseg_ros segment_node --ros-args -r image:=/camera/color/image_raw``.
 """
@@ -30,17 +32,26 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import qos_policy_name_from_kind
+from rclpy.qos import QoSPolicyKind, qos_policy_name_from_kind
 from std_msgs.msg import String
 
 from ovseg_ros.image_conversion import ImageConversionError
-from ovseg_ros.pipeline import class_confidence_topics, process_frame, string_list
+from ovseg_ros.pipeline import FrameInput, class_confidence_topics, process_frames, string_list
 from ovseg_ros.ros import parameters
+from ovseg_ros.ros.adaptive_qos import ReliabilityFollower
 from ovseg_ros.ros.camera import Camera
-from ovseg_ros.ros.diagnostics import NodeInfo, segmentation_status
+from ovseg_ros.ros.depth_input import (
+    attach_depth,
+    points_outputs,
+    points_statuses,
+    set_points_settings,
+)
+from ovseg_ros.ros.diagnostics import NodeInfo, camera_statuses, segmentation_status
 from ovseg_ros.ros.lifecycle_guard import guard_change_state
+from ovseg_ros.ros.log_throttle import KindThrottle, problem_kind, suppressed_note
 from ovseg_ros.ros.qos import VOCABULARY_QOS
 from ovseg_ros.ros.versions import VersionLog
+from ovseg_ros.ros.vocabulary_updater import VocabularyUpdater, pending_info
 from ovseg_ros.ros.worker import Frame, PendingChanges, Stats, Worker, combined
 from ovseg_ros.segmentation.config import SegmenterConfig
 from ovseg_ros.segmentation.vocabulary import parse_entries
@@ -57,10 +68,16 @@ class SegmentNode(LifecycleNode):
         guard_change_state(self, self.get_logger().warning)  # invalid requests: refused
         parameters.declare(self)
         self.stats = Stats()
-        self.worker = Worker(self._process, self._apply_pending, self.stats, self._on_error)
+        self.worker = Worker(
+            self._process_round, self._apply_pending, self.stats, self._on_error, batch=True
+        )
         self.cameras: list[Camera] = []  # created at configure
+        self.qos_follower = ReliabilityFollower(self)  # qos_reliability auto, while active
         self.versions = VersionLog()
         self._pending = PendingChanges()
+        self._warnings = KindThrottle(WARN_THROTTLE_S)  # one throttle per kind of problem
+        # classes changes are encoded on their own thread; the worker activates them.
+        self._vocabulary = VocabularyUpdater(lambda: self._segmenter, self.worker.wake, self._log)
         self._segmenter = None
         self._state_label = "unconfigured"
         self._failure = ""  # why the last configure failed, for diagnostics
@@ -70,7 +87,7 @@ class SegmentNode(LifecycleNode):
         # Diagnostics and the vocabulary history live as long as the node.
         self._vocabulary_pub = self.create_publisher(String, "~/vocabulary", VOCABULARY_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._last_diag = (time.monotonic(), combined({}))
+        self._last_diag: tuple[float, dict] = (time.monotonic(), {})
         self._diag_timer = self.create_timer(
             float(self._value("diagnostics_period")),
             self._publish_diagnostics,
@@ -90,11 +107,20 @@ class SegmentNode(LifecycleNode):
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate a change (refusing it with a reason) and queue it for the worker."""
         result, change = parameters.check_change(params, parameters.engine_values(self))
+        if result.successful:
+            result, points = parameters.check_points_change(self, params)
         if not result.successful:
             return result
+        set_points_settings(self.cameras, points)
         if change.overlay_alpha is not None:
             self._overlay_alpha = change.overlay_alpha
-        if self._pending.add(change.classes, change.confidence, change.knobs):
+        if change.classes is not None:
+            number = self._vocabulary.request(change.classes)
+            self.get_logger().info(
+                f"vocabulary change #{number} ({len(change.classes)} classes) accepted: encoding "
+                f"in the background; frames keep using v{self.versions.version} meanwhile"
+            )
+        if self._pending.add(None, change.confidence, change.knobs):
             self.worker.wake()
         return result
 
@@ -110,6 +136,7 @@ class SegmentNode(LifecycleNode):
         except (ValueError, TypeError) as exc:
             return self._configure_failed(f"invalid parameters: {exc}")
         self._pending.take()  # the parameters are read now; nothing left to apply
+        self._vocabulary.cancel()
         self._confidence_classes = string_list(self._value("confidence_classes"), "")
         self.get_logger().info(f"loading {config.method} ({config.preset}) on {config.device} ...")
         started = time.perf_counter()
@@ -127,6 +154,7 @@ class SegmentNode(LifecycleNode):
             return self._configure_failed(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
         self._segmenter = segmenter
         self.cameras = self._make_cameras()
+        attach_depth(self, self.cameras)
         self._publish_vocabulary(self.versions.new_version(vocabulary, self._camera_keys()))
         self.get_logger().info(
             f"{segmenter.config.method} ready on {segmenter.config.device} in "
@@ -154,6 +182,7 @@ class SegmentNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._state_label = "active"
         self.get_logger().info(f"active: segmenting {', '.join(topics)} ({reliability})")
+        self.qos_follower.start(reliability, lambda: self.cameras, group)
         return super().on_activate(state)  # enables the lifecycle publishers
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -209,12 +238,14 @@ class SegmentNode(LifecycleNode):
         return TransitionCallbackReturn.FAILURE
 
     def _stop_input(self) -> None:
+        self.qos_follower.stop()  # before unsubscribing: it would subscribe again
         for camera in self.cameras:
             camera.unsubscribe()
         # Wait for a frame in flight, so nothing is published after deactivation returns.
         self.worker.drain(JOIN_TIMEOUT_S)
 
     def _release(self) -> None:
+        self._vocabulary.stop(JOIN_TIMEOUT_S)
         if not self.worker.stop(JOIN_TIMEOUT_S):
             self.get_logger().warning("worker still busy after shutdown request; leaving it")
         for camera in self.cameras:
@@ -226,7 +257,9 @@ class SegmentNode(LifecycleNode):
             self.versions.release()
 
     def _make_cameras(self) -> list[Camera]:
-        return [Camera(self)]  # single-camera mode: key ""
+        """One Camera per name in ``cameras`` (checked at configure); none: key ``""``."""
+        names = parameters.camera_names(self._value("cameras"))
+        return [Camera(self, key) for key in names] if names else [Camera(self)]
 
     def _camera_keys(self) -> list[str]:
         return [camera.key for camera in self.cameras]
@@ -235,7 +268,7 @@ class SegmentNode(LifecycleNode):
 
     def _apply_pending(self) -> None:
         """Apply parameter changes between frames (never during ``segment``)."""
-        classes, confidence, knobs = self._pending.take()
+        _, confidence, knobs = self._pending.take()  # classes: self._vocabulary
         segmenter = self._segmenter
         if segmenter is None:
             return
@@ -244,17 +277,18 @@ class SegmentNode(LifecycleNode):
             self.get_logger().info(f"engine parameters updated: {knobs}")
         if confidence is not None:
             self._confidence_classes = confidence
-        if classes is not None:
-            started = time.perf_counter()
-            vocabulary = segmenter.set_vocabulary(classes)
+        activated = self._vocabulary.activate(segmenter.activate_vocabulary)
+        if activated is not None:
+            vocabulary = activated.vocabulary
             # Published before any frame labelled with it.
             self._publish_vocabulary(self.versions.new_version(vocabulary, self._camera_keys()))
             self.get_logger().info(
-                f"vocabulary v{self.versions.version} ({len(vocabulary)} classes) in "
-                f"{time.perf_counter() - started:.2f} s: {', '.join(vocabulary.names[:20])}"
+                f"vocabulary v{self.versions.version} ({len(vocabulary)} classes) active "
+                f"{activated.waited_s:.2f} s after the request; encoding {activated.encoded} new "
+                f"names took {activated.encoding_s:.2f} s: {', '.join(vocabulary.names[:20])}"
                 + (" ..." if len(vocabulary) > 20 else "")
             )
-        if classes is not None or confidence is not None:
+        if activated is not None or confidence is not None:
             self._update_plans(active=self._state_label == "active")
 
     def _update_plans(self, active: bool) -> None:
@@ -268,36 +302,55 @@ class SegmentNode(LifecycleNode):
         for camera in self.cameras:
             camera.set_plan(topics, self._overlay_alpha, active)
 
-    def _process(self, frame: Frame) -> None:
-        camera = next((c for c in self.cameras if c.key == frame.camera), None)
-        if camera is None or self._segmenter is None:
+    def _process_round(self, frames: list[Frame]) -> None:
+        """Segment a round's frames (one per camera) in one batch, then publish each."""
+        cameras = {c.key: c for c in self.cameras}
+        frames = [f for f in frames if f.camera in cameras]
+        if self._segmenter is None or not frames:
             return  # released meanwhile
-        msg = frame.message
-        plan = dataclasses.replace(camera.plan, overlay_alpha=self._overlay_alpha)
-        try:
-            result = process_frame(self._segmenter, msg, frame.compressed, plan, camera.wants)
-        except ImageConversionError as exc:
-            self.stats.count(frame.camera, "invalid")
-            self.get_logger().warning(
-                f"skipping invalid frame (frame_id {msg.header.frame_id!r}): {exc}",
-                throttle_duration_sec=WARN_THROTTLE_S,
-            )
+        inputs = []
+        for frame in frames:
+            camera = cameras[frame.camera]
+            plan = dataclasses.replace(camera.plan, overlay_alpha=self._overlay_alpha)
+            inputs.append(FrameInput(frame.message, frame.compressed, plan, camera.wants))
+        for frame, result in zip(frames, process_frames(self._segmenter, inputs), strict=True):
+            self._publish_frame(cameras[frame.camera], frame.message, result)
+
+    def _publish_frame(self, camera: Camera, msg: Any, result: Any) -> None:
+        if isinstance(result, ImageConversionError):
+            self.stats.count(camera.key, "invalid")
+            kind = problem_kind(result)
+            suppressed = self._warnings.admit(("invalid", camera.key, kind))
+            if suppressed is not None:
+                self.get_logger().warning(
+                    f"skipping invalid frame [{kind}] ({camera.input_topic}, frame_id "
+                    f"{msg.header.frame_id!r}): {result}{suppressed_note(suppressed)}"
+                )
             return
         stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        update = self.versions.frame(frame.camera, stamp_ns)
+        update = self.versions.frame(camera.key, stamp_ns)
         if update is not None:
             self._publish_vocabulary(update)  # before this frame's labels
         camera.publish(msg.header, result.outputs)
+        # The cloud after the labels, so building it never delays them.
+        camera.publish(msg.header, points_outputs(camera, msg.header, result, self._segmenter))
         latency = (self.get_clock().now().nanoseconds - stamp_ns) * 1e-9 if stamp_ns > 0 else None
-        self.stats.record_frame(frame.camera, result.inference_s, latency)
+        self.stats.record_frame(camera.key, result.inference_s, latency)
+
+    def _log(self, level: str, message: str) -> None:
+        getattr(self.get_logger(), level)(message)
 
     def _publish_vocabulary(self, text: str) -> None:
         self._vocabulary_pub.publish(String(data=text))
 
     def _on_error(self, message: str) -> None:
-        self.get_logger().error(f"frame failed: {message}", throttle_duration_sec=WARN_THROTTLE_S)
+        suppressed = self._warnings.admit(("error", message.split(":", 1)[0]))  # by type
+        if suppressed is not None:
+            self.get_logger().error(f"frame failed: {message}{suppressed_note(suppressed)}")
 
     def _incompatible(self, topic: str, info: QoSRequestedIncompatibleQoSInfo) -> None:
+        if info.last_policy_kind == QoSPolicyKind.RELIABILITY and self.qos_follower.adapts(topic):
+            return  # a best-effort publisher joined: the follower switches to best effort
         self.stats.count("", "qos_incompatible")
         self.get_logger().warning(
             f"{topic}: a publisher offers an incompatible "
@@ -309,9 +362,9 @@ class SegmentNode(LifecycleNode):
     # -- diagnostics -------------------------------------------------------------------------
 
     def _publish_diagnostics(self) -> None:
-        now, snapshot = time.monotonic(), combined(self.stats.snapshot())
+        now, snapshots = time.monotonic(), self.stats.snapshot()
         last_time, last = self._last_diag
-        self._last_diag = (now, snapshot)
+        self._last_diag = (now, snapshots)
         segmenter = self._segmenter
         config = segmenter.config if segmenter is not None else None
         vocabulary = segmenter.vocabulary if segmenter is not None else None
@@ -325,8 +378,15 @@ class SegmentNode(LifecycleNode):
             preset=config.preset if config else str(self._value("preset")),
             vocabulary_version=self.versions.version,
             vocabulary_size=len(vocabulary) if vocabulary else 0,
+            **pending_info(self._vocabulary.pending(), self.versions.version),
         )
-        msg = DiagnosticArray(status=[segmentation_status(info, snapshot, last, now - last_time)])
+        elapsed = now - last_time
+        named = [camera.key for camera in self.cameras if camera.key]  # multi-camera mode
+        msg = DiagnosticArray(
+            status=[segmentation_status(info, combined(snapshots), combined(last), elapsed)]
+            + camera_statuses(info, named, snapshots, last, elapsed)
+            + points_statuses(self.get_name(), self.cameras, self._state_label == "active")
+        )
         msg.header.stamp = self.get_clock().now().to_msg()
         try:
             self._diag_pub.publish(msg)

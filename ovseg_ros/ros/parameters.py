@@ -24,7 +24,9 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from ovseg_ros.pipeline import string_list
+from ovseg_ros.points_stage import PointsSettings
 from ovseg_ros.segmentation.config import FieldSpec, SegmenterConfig, field_specs
 from ovseg_ros.segmentation.vocabulary import parse_entries
 
@@ -36,7 +38,7 @@ DEFAULT_CLASSES = [
     "door",
 ]
 TRANSPORTS = ("raw", "compressed")
-RELIABILITIES = ("best_effort", "reliable")
+RELIABILITIES = ("auto", "best_effort", "reliable")
 
 NODE_SPECS: tuple[FieldSpec, ...] = (
     FieldSpec(
@@ -71,11 +73,24 @@ NODE_SPECS: tuple[FieldSpec, ...] = (
         rebuild=True,
     ),
     FieldSpec(
+        "max_image_pixels",
+        int,
+        MAX_IMAGE_PIXELS,
+        "Largest input frame, in pixels (width x height; default 8K, 7680x4320): larger frames "
+        "are refused before decoding (raw ones by their declared size, compressed ones by "
+        "their header) with a warning of kind 'limit'.",
+        minimum=1,
+        maximum=MAX_IMAGE_SIDE * MAX_IMAGE_SIDE,
+        rebuild=True,
+    ),
+    FieldSpec(
         "qos_reliability",
         str,
-        "best_effort",
-        "Reliability of the image subscription (best_effort accepts both kinds of "
-        "publisher); qos_overrides./<topic>.subscription.reliability wins over it.",
+        "auto",
+        "Reliability of the image subscription: auto (reliable while every publisher of the "
+        "topic offers reliable, else best effort; re-chosen as publishers come and go), "
+        "best_effort (accepts both kinds of publisher) or reliable; "
+        "qos_overrides./<topic>.subscription.reliability wins over it.",
         choices=RELIABILITIES,
         rebuild=True,
     ),
@@ -164,7 +179,13 @@ NODE_SPECS: tuple[FieldSpec, ...] = (
         "all. Changeable at runtime.",
     ),
 )
-POINTS_PARAMETERS = ("points_stride", "points_organized", "depth_min", "depth_max", "points_classes")
+POINTS_PARAMETERS = (
+    "points_stride",
+    "points_organized",
+    "depth_min",
+    "depth_max",
+    "points_classes",
+)
 
 _TYPES = {
     bool: ParameterType.PARAMETER_BOOL,
@@ -236,6 +257,7 @@ def check_node_values(node: Node) -> None:
         if spec.choices or spec.minimum is not None or spec.maximum is not None:
             spec.check(value(node, spec.name))
     camera_names(value(node, "cameras"))
+    points_settings(node)
 
 
 _NAME_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -309,6 +331,28 @@ def check_change(
         except (ValueError, TypeError) as exc:
             return _refused(str(exc)), change
     return SetParametersResult(successful=True), change
+
+
+def points_settings(node: Node, changed: dict[str, Any] | None = None) -> PointsSettings:
+    """The cloud parameters (with ``changed`` values applied); ``ValueError`` if invalid."""
+    values = {name: value(node, name) for name in POINTS_PARAMETERS}
+    return PointsSettings.from_values({**values, **(changed or {})})
+
+
+def check_points_change(
+    node: Node, parameters: list[Parameter]
+) -> tuple[SetParametersResult, PointsSettings | None]:
+    """Validate a runtime change of the cloud parameters against the current values.
+
+    ``(accepted, new settings)``; settings None when the request changes none of them.
+    """
+    changed = {p.name: p.value for p in parameters if p.name in POINTS_PARAMETERS}
+    if not changed:
+        return SetParametersResult(successful=True), None
+    try:
+        return SetParametersResult(successful=True), points_settings(node, changed)
+    except ValueError as exc:
+        return _refused(str(exc)), None
 
 
 def _refused(reason: str) -> SetParametersResult:

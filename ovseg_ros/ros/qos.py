@@ -5,6 +5,8 @@ from __future__ import annotations
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from ovseg_ros.ros import adaptive_qos
+
 OUTPUT_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE
 )
@@ -22,13 +24,10 @@ INPUT_DEPTH = 5
 def input_reliability(node: Node, topic: str, setting: str) -> ReliabilityPolicy:
     """Reliability of the image subscription on ``topic`` for the ``qos_reliability`` value.
 
-    ``qos_overrides./<topic>.subscription.reliability`` is applied after this, by rclpy.
+    ``auto`` follows the publishers; ``qos_overrides./<topic>.subscription.reliability`` wins
+    (:mod:`.adaptive_qos`, which also re-chooses while the node is active).
     """
-    if setting == "reliable":
-        return ReliabilityPolicy.RELIABLE
-    if setting == "best_effort":
-        return ReliabilityPolicy.BEST_EFFORT
-    raise ValueError(f"qos_reliability must be best_effort or reliable, got {setting!r}")
+    return adaptive_qos.choose(node, node.resolve_topic_name(topic), setting)
 
 
 def input_qos(node: Node, topic: str, setting: str) -> QoSProfile:

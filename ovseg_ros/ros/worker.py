@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 
 LATENCY_WINDOW = 600  # samples kept for the percentiles (~20 s at 30 Hz)
-COUNTERS = ("received", "processed", "dropped", "invalid", "errors", "qos_incompatible")
+COUNTERS = (
+    "received",
+    "processed",
+    "dropped",
+    "invalid",
+    "errors",
+    "qos_incompatible",
+    "input_lost",
+)
 
 
 @dataclass
@@ -31,6 +39,7 @@ class Frame:
     camera: str
     message: Any
     compressed: bool
+    lost_before: int = 0  # frames the camera sent just before this one that never arrived
 
 
 @dataclass
@@ -43,6 +52,7 @@ class CameraStats:
     invalid: int = 0  # undecodable frames
     errors: int = 0  # exceptions while processing
     qos_incompatible: int = 0  # publishers whose QoS cannot match the subscription
+    input_lost: int = 0  # sent by the camera, never arrived (estimated from the stamps)
     latency: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))  # s
     inference: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))  # s
     last_error: str = ""
@@ -58,6 +68,7 @@ class StatsSnapshot:
     invalid: int = 0
     errors: int = 0
     qos_incompatible: int = 0
+    input_lost: int = 0
     latency: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [N] seconds
     inference: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [N] seconds
     last_error: str = ""
@@ -192,6 +203,8 @@ class Worker:
     def submit(self, frame: Frame) -> None:
         """Executor side: count the frame and put it in its slot; returns at once."""
         self.stats.count(frame.camera, "received")
+        if frame.lost_before:
+            self.stats.count(frame.camera, "input_lost", frame.lost_before)
         if self.slots.put(frame):
             self.stats.count(frame.camera, "dropped")
 

@@ -56,14 +56,14 @@ CHUNK_ELEMENTS = 1 << 24
 class OutputMaps:
     """Labels and confidence at the output size, plus what per-entry probabilities need.
 
-    ``probability(e) = exp(logit_scale * (score_e - max_score)) / norm`` with ``score_e`` the
+    ``probability(e) = exp(logit_scale * score_e - max_logit) / norm`` with ``score_e`` the
     max over ``e``'s synonyms of the upsampled scores (all ``[H, W]``).
     """
 
     labels: torch.Tensor  # [H, W] int32
     confidence: torch.Tensor  # [H, W] float32
-    max_score: torch.Tensor  # [H, W] float32: max over queries of the score
-    norm: torch.Tensor  # [H, W] float32: sum over entries of exp(scale (score_e - max_score))
+    max_logit: torch.Tensor  # [H, W] float32: max over queries of logit_scale * score
+    norm: torch.Tensor  # [H, W] float32: sum over entries of exp(scale * score_e - max_logit)
 
 
 def entry_offsets(query_to_entry: Sequence[int], num_entries: int) -> list[int]:
@@ -120,9 +120,10 @@ def _entry_scores(
     return entries, queries
 
 
-def _exp_shifted(x: torch.Tensor, scale: float, max_score: torch.Tensor) -> torch.Tensor:
-    """``exp(scale * (x - max_score))`` in place of ``x`` (exactly 1 at the maximum)."""
-    return x.sub_(max_score).mul_(scale).exp_()
+def _exp_shifted(x: torch.Tensor, scale: float, max_logit: torch.Tensor) -> torch.Tensor:
+    """``exp(scale * x - max_logit)`` in place of ``x``: the numerator of ``reduce_scores``'
+    softmax, operation for operation (exactly 1 at the maximum)."""
+    return x.mul_(scale).sub_(max_logit).exp_()
 
 
 def _chunks(offsets: Sequence[int], pixels: int, chunk_elements: int) -> list[tuple[int, int]]:
@@ -154,10 +155,11 @@ def reduce_upsampled(
     Classes go through in chunks of about ``chunk_elements`` values: each chunk is upsampled
     (bilinear, bit-identical to upsampling all classes at once) and folded into running
     per-pixel maps, in two passes: (1) the max score ``m`` and the first entry reaching it;
-    (2) with ``v = logit_scale * (score - m)``, ``Z = sum_q exp(v_q)`` (the softmax normaliser)
-    and ``S = sum_e exp(v_e)`` over entries (``v_e``: max over the entry's synonyms). Then, as
-    in ``reduce_scores``, the best entry's probability is ``1 / Z`` (checked against
-    ``prob_threshold``) and the label's after renormalisation ``exp(v_label) / S``. Peak
+    (2) with ``v = logit_scale * score - logit_scale * m`` (as the softmax computes it),
+    ``Z = sum_q exp(v_q)`` (the softmax normaliser) and ``S = sum_e exp(v_e)`` over entries
+    (``v_e``: max over the entry's synonyms). Then, as in ``reduce_scores``, the best entry's
+    probability is ``1 / Z`` (checked against ``prob_threshold``) and the label's after
+    renormalisation ``exp(v_label) / S``. Peak
     memory: one chunk plus about six ``[H, W]`` maps.
 
     Args:
@@ -170,11 +172,16 @@ def reduce_upsampled(
     """
     ranges = _chunks(offsets, size[0] * size[1], chunk_elements)
     finite = bool(torch.isfinite(scores).all())
+    # One chunk (the usual case): pass 2 reuses pass 1's upsampled scores instead of
+    # upsampling again, the costliest step at large output sizes.
+    kept = None
     # Pass 1 compares raw scores: x -> logit_scale * x is monotone, so the max and the first
     # entry reaching it are those of the logits.
     best_score = labels = first_score = None
     for first, last in ranges:
-        entries, _ = _entry_scores(scores, offsets, first, last, size, finite)
+        entries, queries = _entry_scores(scores, offsets, first, last, size, finite)
+        if len(ranges) == 1:
+            kept = (entries, queries)
         if last - first == 1:
             best, index = entries[0], None
         else:
@@ -191,25 +198,30 @@ def reduce_upsampled(
             best_score = torch.maximum(best_score, best, out=best_score)
         if first == 0 and prob_threshold > 0:
             first_score = entries[0].clone()  # the background entry's score
-        del entries, best, index
-    norm = torch.zeros_like(best_score)
-    softmax_norm = torch.zeros_like(best_score) if prob_threshold > 0 else None
+        del entries, queries, best, index
+    # Rounding is monotone, so this is bit for bit the max of logit_scale * score.
+    max_logit = best_score.mul_(logit_scale)
+    norm = torch.zeros_like(max_logit)
+    softmax_norm = torch.zeros_like(max_logit) if prob_threshold > 0 else None
     for first, last in ranges:  # pass 2: normalisers
-        entries, queries = _entry_scores(scores, offsets, first, last, size, finite)
+        if kept is not None:
+            (entries, queries), kept = kept, None
+        else:
+            entries, queries = _entry_scores(scores, offsets, first, last, size, finite)
         if softmax_norm is not None:
             if queries is entries:
                 queries = queries.clone()
-            softmax_norm += _exp_shifted(queries, logit_scale, best_score).sum(dim=0)
-        norm += _exp_shifted(entries, logit_scale, best_score).sum(dim=0)
+            softmax_norm += _exp_shifted(queries, logit_scale, max_logit).sum(dim=0)
+        norm += _exp_shifted(entries, logit_scale, max_logit).sum(dim=0)
         del entries, queries
     if softmax_norm is None:
         confidence = norm.reciprocal()
     else:
         below = softmax_norm.reciprocal_() < prob_threshold  # the best entry's probability
         labels.masked_fill_(below, 0)
-        numerator = torch.where(below, first_score.sub_(best_score).mul_(logit_scale), 0.0)
+        numerator = torch.where(below, first_score.mul_(logit_scale).sub_(max_logit), 0.0)
         confidence = numerator.exp_().div_(norm)
-    return OutputMaps(labels, confidence, best_score, norm)
+    return OutputMaps(labels, confidence, max_logit, norm)
 
 
 def entry_probability(
@@ -223,7 +235,7 @@ def entry_probability(
     """``[H, W]`` probability of one entry at the output size (``reduce_scores``'s value)."""
     if not 0 <= entry < len(offsets) - 1:
         raise IndexError(f"entry {entry} out of range for {len(offsets) - 1} entries")
-    size = tuple(maps.max_score.shape)
+    size = tuple(maps.max_logit.shape)
     finite = bool(torch.isfinite(scores[offsets[entry] : offsets[entry + 1]]).all())
     entries, _ = _entry_scores(scores, offsets, entry, entry + 1, size, finite)
-    return _exp_shifted(entries[0], logit_scale, maps.max_score).div_(maps.norm)
+    return _exp_shifted(entries[0], logit_scale, maps.max_logit).div_(maps.norm)

@@ -46,7 +46,7 @@ class SegmentationResult:
         self._maps = OutputMaps(
             torch.from_numpy(self.labels),
             torch.from_numpy(self.confidence),
-            maps.max_score,
+            maps.max_logit,
             maps.norm,
         )
         self._scores = scores  # [Q, h, w] the scores that are upsampled to the image size

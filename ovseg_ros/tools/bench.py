@@ -11,6 +11,8 @@ tensors of the shapes a frame of the given size produces with ViT-B/16.
     ovseg-bench --components --devices cuda --classes 20 100
     ovseg-bench --params config/segment.yaml --quick   # the node's settings, its method
 
+Each table row is printed as soon as its configuration is measured; a CPU run of the real
+architectures first says how long it will take (:mod:`ovseg_ros.tools.bench_estimate`).
 No timing is asserted anywhere; the numbers are for reading. Exit status: 0 when every
 configuration ran, 1 when some failed (reported, the others still run), 2 for a usage problem
 or missing weights.
@@ -25,6 +27,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import numpy as np
@@ -34,11 +37,14 @@ from ovseg_ros.segmentation.config import DTYPES, PRESETS, SegmenterConfig
 from ovseg_ros.segmentation.methods import METHODS
 from ovseg_ros.segmentation.segmenter import Segmenter, build_segmenter, check_device
 from ovseg_ros.segmentation.weights import WeightsNotFoundError
-from ovseg_ros.tools.bench_components import bench_components, components_table
+from ovseg_ros.tools.bench_components import COMPONENT_HEADER, bench_components, component_row
+from ovseg_ros.tools.bench_estimate import estimate_line
 from ovseg_ros.tools.bench_measure import (
     PeakMemory,
+    StreamingTable,
     describe,
     median_ms,
+    progress_eta,
     size_record,
     synthetic_image,
     synthetic_vocabulary,
@@ -51,7 +57,6 @@ from ovseg_ros.tools.common import (
     UsageError,
     add_params_arguments,
     fmt,
-    markdown_table,
     read_params,
 )
 
@@ -105,9 +110,13 @@ def check_weights(args: argparse.Namespace) -> None:
 
 
 def bench_pipeline(
-    args: argparse.Namespace, plan: list[tuple[str, str]], log: TextIO
+    args: argparse.Namespace,
+    plan: list[tuple[str, str]],
+    log: TextIO,
+    on_record: Callable[[dict], None] = lambda record: None,
 ) -> list[dict]:
-    """Time ``segment`` for every (method, device, dtype, size, classes); one record each.
+    """Time ``segment`` for every (method, device, dtype, size, classes); one record each,
+    also passed to ``on_record`` as soon as it is measured.
 
     A configuration that fails (e.g. out of memory) is reported and recorded with an
     ``error``; the others still run. Missing weights abort the run (``WeightsNotFoundError``).
@@ -116,6 +125,7 @@ def bench_pipeline(
     images = {size: synthetic_image(*size) for size in args.sizes}
     cases = [(size, classes) for size in args.sizes for classes in args.classes]
     total = len(args.methods) * len(plan) * len(cases)
+    started = time.perf_counter()
     for method in args.methods:
         for device_name, dtype in plan:
             base = {"method": method, "device": device_name, "dtype": dtype}
@@ -127,16 +137,18 @@ def bench_pipeline(
             except Exception as exc:  # noqa: BLE001 - report, then bench the rest
                 warn(log, f"{method} {device_name} {dtype}: build failed: {describe(exc)}")
                 error = f"build: {describe(exc)}"
-                records += [
-                    {**base, **size_record(*size), "classes": classes, "error": error}
-                    for size, classes in cases
-                ]
+                for size, classes in cases:
+                    records.append(
+                        {**base, **size_record(*size), "classes": classes, "error": error}
+                    )
+                    on_record(records[-1])
                 continue
             build_s = time.perf_counter() - start
             for size, classes in cases:
                 record = {**base, **size_record(*size), "classes": classes, "build_s": build_s}
                 label = f"{method} {device_name} {dtype} {record['size']} {classes} classes"
-                print(f"[{len(records) + 1}/{total}] {label}", file=log, flush=True)
+                eta = progress_eta(len(records), total, time.perf_counter() - started)
+                print(f"[{len(records) + 1}/{total}] {label}{eta}", file=log, flush=True)
                 try:
                     record.update(
                         _time_segmenter(segmenter, images[size], classes, args.warmup, args.repeat)
@@ -145,6 +157,7 @@ def bench_pipeline(
                     warn(log, f"{label}: {describe(exc)}")
                     record["error"] = describe(exc)
                 records.append(record)
+                on_record(record)
             segmenter.release()
             del segmenter
             gc.collect()
@@ -178,24 +191,30 @@ def _time_segmenter(
 # --- output ---------------------------------------------------------------------------------------
 
 
-def pipeline_table(records: list[dict]) -> str:
-    """The Markdown table of pipeline records (missing stages as ``-``)."""
-    header = ["method", "device", "dtype", "size", "classes"]
-    header += [name for name, _ in STAGE_COLUMNS] + ["total ms", "fps", "peak MiB"]
-    rows = []
-    for rec in records:
-        row = [rec["method"], rec["device"], rec["dtype"], rec["size"], str(rec["classes"])]
-        if "error" in rec:
-            rows.append(row + ["-"] * len(STAGE_COLUMNS) + ["failed", "-", "-"])
-            continue
-        stages = rec["stages_ms"]
-        for _, keys in STAGE_COLUMNS:
-            row.append(next((fmt(stages[k]) for k in keys if k in stages), "-"))
-        fps = rec["fps"]
-        row += [fmt(rec["total_ms"]), fmt(fps, 2 if fps and fps < 10 else 1)]
-        row.append(fmt(rec["peak_mib"], 0))
-        rows.append(row)
-    return markdown_table(header, rows)
+PIPELINE_HEADER: tuple[str, ...] = (
+    "method",
+    "device",
+    "dtype",
+    "size",
+    "classes",
+    *(name for name, _ in STAGE_COLUMNS),
+    "total ms",
+    "fps",
+    "peak MiB",
+)
+
+
+def pipeline_row(rec: dict) -> list[str]:
+    """The table cells of one pipeline record (missing stages as ``-``)."""
+    row = [rec["method"], rec["device"], rec["dtype"], rec["size"], str(rec["classes"])]
+    if "error" in rec:
+        return row + ["-"] * len(STAGE_COLUMNS) + ["failed", "-", "-"]
+    stages = rec["stages_ms"]
+    for _, keys in STAGE_COLUMNS:
+        row.append(next((fmt(stages[k]) for k in keys if k in stages), "-"))
+    fps = rec["fps"]
+    row += [fmt(rec["total_ms"]), fmt(fps, 2 if fps and fps < 10 else 1)]
+    return row + [fmt(rec["peak_mib"], 0)]
 
 
 def _meta(args: argparse.Namespace, plan: list[tuple[str, str]]) -> dict[str, Any]:
@@ -251,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-stage latency, fps and peak memory of the segmentation engine "
         "(median over --repeat frames after --warmup frames).",
         epilog="ovseg-bench --node [--rate HZ] [--duration S] [--sizes WxH ...] ...: the node "
-        "end to end over DDS against the transport floor (ovseg-bench --node --help).",
+        "end to end over DDS against the transport floor (ovseg-bench --node --help). "
+        "ovseg-bench --points [--devices ...] [--strides 1 2]: the point-cloud stage alone. "
+        "ovseg-bench --cameras 1 2 4 [--methods ...]: N cameras batched vs one by one.",
     )
     add = parser.add_argument
     add(
@@ -362,6 +383,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if node_bench.is_node_mode(argv):  # the node end to end over DDS: its own flags
         return node_bench.main(argv)
+    from ovseg_ros.tools import bench_points
+
+    if bench_points.is_points_mode(argv):  # the point-cloud stage alone: its own flags
+        return bench_points.main(argv)
+    from ovseg_ros.tools import bench_cameras
+
+    if bench_cameras.is_cameras_mode(argv):  # N cameras batched vs one by one: its own flags
+        return bench_cameras.main(argv)
     args = build_parser().parse_args(argv)
     log = sys.stderr
     try:
@@ -372,25 +401,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=log)
         return EXIT_USAGE
     except WeightsNotFoundError as exc:
-        _missing_weights(exc, log)
+        _missing_weights(exc, args, log)
         return EXIT_USAGE
 
-    try:
-        if args.components:
-            records = bench_components(args, plan, log)
-        else:
-            records = bench_pipeline(args, plan, log)
-    except WeightsNotFoundError as exc:
-        _missing_weights(exc, log)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=log)
-        return EXIT_INTERRUPTED
-
-    table = components_table(records) if args.components else pipeline_table(records)
     json_stdout = args.json == "-"
     out = sys.stderr if json_stdout else sys.stdout
-    print(f"\n{_summary(args, plan)}\n\n{table}", file=out, flush=True)
+    print(_summary(args, plan), file=out, flush=True)
+    if not args.components and any(device.startswith("cpu") for device, _ in plan):
+        frames = args.warmup + args.repeat
+        line = estimate_line(args.preset, args.methods, args.sizes, args.classes, frames)
+        print(line, file=out, flush=True)
+    header = COMPONENT_HEADER if args.components else PIPELINE_HEADER
+    table = StreamingTable(header, component_row if args.components else pipeline_row, out)
+    try:
+        if args.components:
+            records = bench_components(args, plan, log, table.add)
+        else:
+            records = bench_pipeline(args, plan, log, table.add)
+    except WeightsNotFoundError as exc:
+        _missing_weights(exc, args, log)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted (the rows above were measured)", file=log)
+        return EXIT_INTERRUPTED
+
     if args.json:
         document = {"meta": _meta(args, plan), "records": records}
         text = json.dumps(document, indent=2)
@@ -419,12 +453,17 @@ def _summary(args: argparse.Namespace, plan: list[tuple[str, str]]) -> str:
     )
 
 
-def _missing_weights(exc: WeightsNotFoundError, log: TextIO) -> None:
+def _missing_weights(exc: WeightsNotFoundError, args: argparse.Namespace, log: TextIO) -> None:
     print(f"error: {exc}", file=log)
     print(
         "hint: to benchmark without the real weights, run with --preset random (the real "
         "architectures with random weights: the same speed) or --preset tiny (tiny models: "
         "only the stage structure), or name local files with --clip-weights / --dino-weights.",
+        file=log,
+    )
+    frames = args.warmup + args.repeat
+    print(
+        f"hint: {estimate_line('random', args.methods, args.sizes, args.classes, frames)}",
         file=log,
     )
 

@@ -21,7 +21,7 @@ from ovseg_ros.tools.bench_measure import (
     synthetic_image,
     warn,
 )
-from ovseg_ros.tools.common import fmt, markdown_table
+from ovseg_ros.tools.common import fmt
 
 # Shapes of the CLIP / DINO ViT-B/16 the full preset runs (the components mode uses these).
 VIT_HEADS, VIT_HEAD_DIM, DINO_DIM, TEXT_DIM, PATCH = 12, 64, 768, 512, 16
@@ -113,9 +113,13 @@ def _propagation_cases(size: tuple[int, int], classes: int, device: torch.device
 
 
 def bench_components(
-    args: argparse.Namespace, plan: list[tuple[str, str]], log: TextIO
+    args: argparse.Namespace,
+    plan: list[tuple[str, str]],
+    log: TextIO,
+    on_record: Callable[[dict], None] = lambda record: None,
 ) -> list[dict]:
-    """Median time of each pure function on each device and size.
+    """Median time of each pure function on each device and size; each record is also passed
+    to ``on_record`` as soon as it is measured.
 
     ``procrustes_attention`` runs once per dtype (its inputs' dtype; it computes in fp32) and
     does not depend on the vocabulary; the propagations run in fp32 (as in the engine) once per
@@ -138,6 +142,7 @@ def bench_components(
                 except Exception as exc:  # noqa: BLE001 - report, then bench the rest
                     warn(log, f"components {device_name} {dtype}: {describe(exc)}")
                     records.append({"component": "setup", **base, "error": describe(exc)})
+                    on_record(records[-1])
                     continue
                 for name, shapes, classes, call in cases:
                     record = {"component": name, **base, "classes": classes, "shapes": shapes}
@@ -148,6 +153,7 @@ def bench_components(
                         warn(log, f"{name} {device_name}: {describe(exc)}")
                         record["error"] = describe(exc)
                     records.append(record)
+                    on_record(record)
                 del cases
                 gc.collect()
                 if device.type == "cuda":
@@ -177,27 +183,24 @@ def _time_call(
     }
 
 
-def components_table(records: list[dict]) -> str:
-    """The Markdown table of component records."""
-    header = [
-        "component",
-        "device",
-        "dtype",
-        "size",
-        "classes",
-        "shapes",
-        "median ms",
-        "min ms",
-        "peak MiB",
-    ]
-    rows = []
-    for rec in records:
-        classes = "-" if rec.get("classes") is None else str(rec["classes"])
-        row = [rec["component"], rec["device"], rec["dtype"], rec["size"], classes]
-        row.append(rec.get("shapes", "-"))
-        if "error" in rec:
-            rows.append(row + ["failed", "-", "-"])
-            continue
-        row += [fmt(rec["median_ms"], 2), fmt(rec["min_ms"], 2), fmt(rec["peak_mib"], 0)]
-        rows.append(row)
-    return markdown_table(header, rows)
+COMPONENT_HEADER: tuple[str, ...] = (
+    "component",
+    "device",
+    "dtype",
+    "size",
+    "classes",
+    "shapes",
+    "median ms",
+    "min ms",
+    "peak MiB",
+)
+
+
+def component_row(rec: dict) -> list[str]:
+    """The table cells of one component record."""
+    classes = "-" if rec.get("classes") is None else str(rec["classes"])
+    row = [rec["component"], rec["device"], rec["dtype"], rec["size"], classes]
+    row.append(rec.get("shapes", "-"))
+    if "error" in rec:
+        return row + ["failed", "-", "-"]
+    return row + [fmt(rec["median_ms"], 2), fmt(rec["min_ms"], 2), fmt(rec["peak_mib"], 0)]

@@ -1,15 +1,18 @@
 """Synthetic inputs and measurement helpers of ``ovseg-bench``: class names, a frame with
-edges, CUDA-synchronised timing and peak memory (CUDA allocator or the CPU's resident set)."""
+edges, CUDA-synchronised timing, peak memory (CUDA allocator or the CPU's resident set), and
+the table printed row by row as the records come."""
 
 from __future__ import annotations
 
 import gc
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import numpy as np
 import torch
+
+from ovseg_ros.tools.common import markdown_table
 
 # Common object names for realistic vocabularies (COCO's 80 things + indoor/outdoor stuff).
 OBJECT_NAMES: tuple[str, ...] = (
@@ -129,3 +132,30 @@ def describe(exc: BaseException) -> str:
 
 def warn(log: TextIO, message: str) -> None:
     print(f"warning: {message}", file=log, flush=True)
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+class StreamingTable:
+    """A Markdown table printed as it grows: the header at once, each row when its record
+    arrives (flushed), so a long run shows its results while it goes and keeps them when it
+    is interrupted."""
+
+    def __init__(
+        self, header: Sequence[str], row: Callable[[dict], Sequence[Any]], out: TextIO
+    ) -> None:
+        self.header, self.row, self.out = list(header), row, out
+        print("\n" + markdown_table(self.header, []), file=out, flush=True)
+
+    def add(self, record: dict) -> None:
+        line = markdown_table(self.header, [self.row(record)]).rsplit("\n", 1)[-1]
+        print(line, file=self.out, flush=True)
+
+
+def progress_eta(done: int, total: int, elapsed_s: float) -> str:
+    """`` (4.2 min so far, ~7.5 min left)`` at the measured pace; ``""`` before the first."""
+    if done <= 0 or done >= total:
+        return ""
+    left = elapsed_s / done * (total - done)
+    return f" ({elapsed_s / 60:.1f} min so far, ~{left / 60:.1f} min left)"

@@ -146,12 +146,24 @@ def main(argv: list[str] | None = None) -> int:
     except (InvalidNamespaceException, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if localhost:  # read by rcl when rclpy initialises (ROS 2 Iron and later)
-        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    return _run(args, domain, localhost, why)
+    local = ""
+    if localhost:  # read by rcl when rclpy initialises
+        name, value = local_discovery_env(os.environ.get("ROS_DISTRO", ""))
+        os.environ[name] = value
+        local = f" {name}={value}"
+    return _run(args, domain, local, why)
 
 
-def _run(args: argparse.Namespace, domain: int, localhost: bool, why: str) -> int:
+def local_discovery_env(distro: str) -> tuple[str, str]:
+    """The environment variable that keeps DDS discovery on this machine: Humble's
+    ``ROS_LOCALHOST_ONLY``, deprecated since Iron for ``ROS_AUTOMATIC_DISCOVERY_RANGE``."""
+    if distro.strip().lower() == "humble":
+        return "ROS_LOCALHOST_ONLY", "1"
+    return "ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"
+
+
+def _run(args: argparse.Namespace, domain: int, local: str, why: str) -> int:
+    """The demo on ``domain``; ``local``: the discovery setting it runs with ("" if none)."""
     import rclpy
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
@@ -167,12 +179,11 @@ def _run(args: argparse.Namespace, domain: int, localhost: bool, why: str) -> in
     namespace = args.namespace
     prefix = namespace.rstrip("/")
     node_name, camera_topic = f"{prefix}/ovseg", f"{prefix}/image"
-    scope = "discovery on this machine only" if localhost else "discovery as the environment says"
+    scope = "discovery on this machine only" if local else "discovery as the environment says"
     print(
         f"[demo] ROS domain {domain} ({why}), {scope}; namespace {namespace}: node {node_name},"
-        f" camera {camera_topic}\n[demo] watch it with: ROS_DOMAIN_ID={domain}"
-        + (" ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST" if localhost else "")
-        + f" ros2 topic echo {node_name}/vocabulary",
+        f" camera {camera_topic}\n[demo] watch it with: ROS_DOMAIN_ID={domain}{local} "
+        f"ros2 topic echo {node_name}/vocabulary",
         flush=True,
     )
     preset = _choose_preset(args.preset, args.method)

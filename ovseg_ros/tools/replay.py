@@ -70,6 +70,14 @@ from ovseg_ros.tools.common import (
     add_params_arguments,
     read_params,
 )
+from ovseg_ros.tools.replay_points import (
+    DepthAligner,
+    DepthOptions,
+    PointsWriter,
+    add_depth_arguments,
+    check_depth_topics,
+    depth_options,
+)
 
 PROG = "ovseg-replay"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -109,6 +117,7 @@ class ReplayOptions:
     storage: str | None = None  # None: same as the input bag
     overwrite: bool = False
     limit: int | None = None  # segment at most this many frames
+    depth: DepthOptions | None = None  # --depth-topic: also write points and camera_info
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,7 @@ class ReplayStats:
     counts: Counter[str] = field(default_factory=Counter)  # output topic -> messages
     copied_topics: list[str] = field(default_factory=list)
     not_copied: dict[str, str] = field(default_factory=dict)  # input topic -> why
+    clouds: dict[str, int] = field(default_factory=dict)  # PointsStage.counters() (--depth-topic)
     interrupted: bool = False
     elapsed_s: float = 0.0
 
@@ -250,6 +260,11 @@ def _plan(reader: Any, options: ReplayOptions) -> ReplayPlan:
     except BagError as exc:
         raise ReplayError(str(exc)) from exc
     image_topics = _select_image_topics(reader, options.image_topics)
+    if options.depth is not None:
+        try:
+            check_depth_topics(reader, options.depth, image_topics)
+        except UsageError as exc:
+            raise ReplayError(str(exc)) from None
     total = sum(c.msgcount for c in reader.connections if c.topic in image_topics)
     if options.limit is not None:
         total = min(total, options.limit)
@@ -284,6 +299,7 @@ class _Group:
     vocabulary: Any
     connections: dict[str, Any]
     vocabulary_written: bool = False
+    points: PointsWriter | None = None  # with --depth-topic
 
 
 class _OutputBag:
@@ -343,6 +359,7 @@ def _add_groups(
             compressed=msgtype == COMPRESSED_TYPE,
             vocabulary=out.add(f"{prefix}/vocabulary", STRING_TYPE, LATCHED_QOS),
             connections={s: out.add(f"{prefix}/{s}", IMAGE_TYPE, RELIABLE_QOS) for s in suffixes},
+            points=PointsWriter(out, prefix) if options.depth is not None else None,
         )
     return groups
 
@@ -393,6 +410,7 @@ class _FrameProcessor:
             log,
         )
         self.vocabulary = segmenter.vocabulary
+        self.aligner: DepthAligner | None = None  # with --depth-topic
 
     def process(self, group: _Group, timestamp: int, raw: bytes | memoryview, msgtype: str) -> None:
         out = self.out
@@ -418,6 +436,16 @@ class _FrameProcessor:
         for output in frame.outputs:
             connection = group.connections[output.suffix]
             out.write_image(connection, timestamp, msg.header, output.array, output.encoding)
+        if group.points is not None and self.aligner is not None:
+            device = getattr(self.segmenter, "device", "cpu")
+            outputs, warnings = self.aligner.stage.outputs(
+                msg.header, frame.rgb, frame.result, device
+            )
+            group.points.write(timestamp, msg.header, outputs)
+            for warning in warnings:
+                self.log(
+                    f"{group.image_topic} at {_ns_text(stamp_ns(msg.header.stamp))}: {warning}"
+                )
         self.stats.frames_out += 1
 
     def _skip(self, reason: str, group: _Group, timestamp: int, header: Any, detail: str) -> None:
@@ -506,22 +534,52 @@ def _replay_messages(
     output_plan = _output_plan(options, segmenter.vocabulary)
     groups = _add_groups(out, options, stats.plan, output_plan)
     copies = _add_copies(out, reader, stats) if options.copy_input else {}
-    image_connections = [c for c in reader.connections if c.topic in groups]
-    wanted = list(reader.connections) if options.copy_input else image_connections
     processor = _FrameProcessor(segmenter, out, output_plan, stats, log)
+    aligner = processor.aligner = (
+        DepthAligner(options.depth, out.typestore) if options.depth is not None else None
+    )
+    image_connections = [
+        c for c in reader.connections if c.topic in groups or (aligner and aligner.accepts(c.topic))
+    ]
+    wanted = list(reader.connections) if options.copy_input else image_connections
+
+    def process(frame: tuple) -> None:
+        processor.process(*frame)
+        if on_frame is not None:
+            on_frame(stats)
+
     for connection, timestamp, raw in reader.messages(connections=wanted):
         copy = copies.get(connection.id)
         if copy is not None:
             out.write_raw(copy, timestamp, raw)
+        if aligner is not None and aligner.accepts(connection.topic):
+            for frame in aligner.push(connection.topic, raw, connection.msgtype):
+                process(frame)
+            continue
         group = groups.get(connection.topic)
         if group is None:
             continue
         stats.frames_in += 1
-        processor.process(group, timestamp, raw, connection.msgtype)
-        if on_frame is not None:
-            on_frame(stats)
+        frame = (group, timestamp, raw, connection.msgtype)
+        if aligner is None:
+            process(frame)
+        else:  # wait for the depth partner (a bag may hold it after the color frame)
+            for ready in aligner.defer(_color_stamp(out.typestore, raw, connection.msgtype), frame):
+                process(ready)
         if options.limit is not None and stats.frames_in >= options.limit:
             break
+    if aligner is not None:
+        for frame in aligner.drain():
+            process(frame)
+        stats.clouds = aligner.stage.counters()
+
+
+def _color_stamp(typestore: Any, raw: bytes | memoryview, msgtype: str) -> int:
+    """The header stamp of an image message (0 if it cannot be read: it is skipped later)."""
+    try:
+        return stamp_ns(typestore.deserialize_cdr(raw, msgtype).header.stamp)
+    except Exception:  # a corrupt message is reported when it is processed
+        return 0
 
 
 # -- reporting -----------------------------------------------------------------------------------
@@ -543,6 +601,13 @@ def format_summary(stats: ReplayStats) -> str:
         hidden = stats.frames_skipped - len(stats.skip_lines)
         if hidden > 0:
             lines.append(f"    ({hidden} more skipped frames not listed above)")
+    if stats.clouds:
+        prefix = "clouds_skipped_"
+        skipped = [f"{k[len(prefix) :]}: {n}" for k, n in stats.clouds.items() if k[:15] == prefix]
+        lines.append(
+            f"  point clouds: {stats.clouds['clouds_published']} written; skipped: "
+            + ", ".join(skipped)
+        )
     lines.append(f"  output: {stats.output} ({plan.output_storage})")
     for topic, msgtype in stats.topics.items():
         lines.append(f"    {topic}  [{msgtype}]  {stats.counts[topic]} messages")
@@ -604,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", choices=STORAGES, help="output storage (default: as input)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     parser.add_argument("--limit", type=int, help="segment only the first N frames")
+    add_depth_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     from ovseg_ros.tools.replay_many import add_fleet_arguments
 
@@ -651,6 +717,7 @@ def _options(args: argparse.Namespace, params: dict[str, Any], vocabulary: Any) 
         storage=args.storage,
         overwrite=args.overwrite,
         limit=args.limit,
+        depth=depth_options(args, params),
     )
 
 

@@ -1,0 +1,179 @@
+"""The image subscription's reliability: fixed, or following the publishers (``auto``).
+
+``qos_reliability: auto`` does what ``ros2 bag record`` does: subscribe reliable when every
+publisher of the topic offers reliable, best effort otherwise (a best-effort subscription
+matches both kinds; a reliable one never receives from a best-effort publisher). Reliable
+matters for large frames: Fast DDS loses most best-effort frames above its shared-memory
+segment (README, "Large images and DDS"), while a reliable camera repairs them.
+
+The choice is made when the node subscribes and again every :data:`POLL_PERIOD_S` while it
+is active (:class:`ReliabilityFollower`); the subscription is recreated only when the chosen
+policy changes, which may lose the frames in flight at that moment. With no publisher yet,
+the subscription is best effort, so whichever publisher appears first connects at once.
+
+The standard override ``qos_overrides./<topic>.subscription.reliability`` wins over
+``qos_reliability``. It is declared here rather than by rclpy's ``QoSOverridingOptions``:
+rclpy would declare it once with the first policy chosen and apply that value to every later
+subscription, pinning the policy. Declared here, its default is the ``qos_reliability`` value
+(``auto`` included), so a value that differs from it was set by the user.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+from rclpy.qos import QoSPolicyKind, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.subscription import Subscription
+
+AUTO = "auto"
+SETTINGS = (AUTO, "best_effort", "reliable")
+POLL_PERIOD_S = 0.5
+# What rclpy declares and applies for the image subscription; reliability is handled here.
+OVERRIDING_OPTIONS = QoSOverridingOptions((QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH))
+_FIXED = {
+    "reliable": ReliabilityPolicy.RELIABLE,
+    "best_effort": ReliabilityPolicy.BEST_EFFORT,
+    "system_default": ReliabilityPolicy.SYSTEM_DEFAULT,
+    "best_available": ReliabilityPolicy.BEST_AVAILABLE,
+}
+
+
+def override_parameter(topic: str) -> str:
+    """The standard reliability override of the subscription to the resolved ``topic``."""
+    return f"qos_overrides.{topic}.subscription.reliability"
+
+
+def setting_of(node: Node, topic: str, setting: str) -> str:
+    """``auto`` or a fixed policy name for ``topic``: the override where set, else ``setting``.
+
+    Declares the override parameter (read-only, default ``setting``) on first use; a value the
+    override or ``setting`` cannot mean raises ``ValueError``.
+    """
+    setting = str(setting).strip().lower()
+    if setting not in SETTINGS:
+        raise ValueError(f"qos_reliability must be one of {', '.join(SETTINGS)}, got {setting!r}")
+    name = override_parameter(topic)
+    if not node.has_parameter(name):
+        descriptor = ParameterDescriptor(
+            description=f"reliability for subscription `{topic}` ({', '.join(SETTINGS)}); "
+            "wins over qos_reliability",
+            read_only=True,
+        )
+        node.declare_parameter(name, setting, descriptor)
+    value = str(node.get_parameter(name).value).strip().lower()
+    if value != AUTO and value not in _FIXED:
+        raise ValueError(f"{name} must be auto or one of {', '.join(_FIXED)}, got {value!r}")
+    return value
+
+
+def for_publishers(offered: Iterable[ReliabilityPolicy]) -> ReliabilityPolicy:
+    """Reliable if there is a publisher and every one offers reliable; best effort otherwise."""
+    offered = list(offered)
+    if offered and all(p == ReliabilityPolicy.RELIABLE for p in offered):
+        return ReliabilityPolicy.RELIABLE
+    return ReliabilityPolicy.BEST_EFFORT
+
+
+def offered(node: Node, topic: str) -> list[ReliabilityPolicy]:
+    """The reliability each publisher of the resolved ``topic`` offers (from the ROS graph)."""
+    return [info.qos_profile.reliability for info in node.get_publishers_info_by_topic(topic)]
+
+
+def choose(node: Node, topic: str, setting: str) -> ReliabilityPolicy:
+    """The reliability to subscribe the resolved ``topic`` with now."""
+    value = setting_of(node, topic, setting)
+    if value == AUTO:
+        return for_publishers(offered(node, topic))
+    return _FIXED[value]
+
+
+def describe(policies: Sequence[ReliabilityPolicy]) -> str:
+    """``"2 publishers: 1 reliable, 1 best_effort"`` (for the log)."""
+    if not policies:
+        return "no publisher yet"
+    counts: dict[str, int] = {}
+    for policy in policies:
+        counts[policy.name.lower()] = counts.get(policy.name.lower(), 0) + 1
+    noun = "publisher" if len(policies) == 1 else "publishers"
+    return f"{len(policies)} {noun}: " + ", ".join(f"{n} {k}" for k, n in counts.items())
+
+
+class Subscriber(Protocol):
+    """What the follower needs of a camera: its subscription and a way to renew it."""
+
+    subscription: Subscription | None
+
+    def resubscribe(self) -> object: ...
+
+
+class ReliabilityFollower:
+    """While active: re-chooses the reliability of every ``auto`` subscription on a timer.
+
+    ``start(subscribers)`` after subscribing; ``stop()`` before unsubscribing (it waits for a
+    poll in progress, so no subscription is recreated after it returns).
+    """
+
+    def __init__(self, node: Node, period_s: float = POLL_PERIOD_S) -> None:
+        self._node, self._period = node, period_s
+        self._lock = threading.Lock()
+        self._timer = None
+        self._setting = AUTO
+        self._subscribers: Callable[[], list[Subscriber]] = list
+        self.switches = 0  # subscriptions recreated since the node started
+
+    def start(self, setting: str, subscribers: Callable[[], list[Subscriber]], group) -> None:
+        """Log the initial choices; poll every period in callback ``group``."""
+        with self._lock:
+            self._setting, self._subscribers = setting, subscribers
+            for subscriber in subscribers():
+                self._log_choice(subscriber.subscription, "subscribed")
+            if self._timer is None:
+                self._timer = self._node.create_timer(self._period, self.poll, callback_group=group)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._node.destroy_timer(self._timer)
+                self._timer = None
+
+    def adapts(self, topic: str) -> bool:
+        """True if the subscription to the resolved ``topic`` follows its publishers."""
+        try:
+            return setting_of(self._node, topic, self._setting) == AUTO
+        except ValueError:
+            return False
+
+    def poll(self) -> int:
+        """Recreate the subscriptions whose chosen reliability changed; how many were."""
+        changed = 0
+        with self._lock:
+            if self._timer is None:
+                return 0  # stopped meanwhile
+            for subscriber in self._subscribers():
+                subscription = subscriber.subscription
+                if subscription is None or not self.adapts(subscription.topic_name):
+                    continue
+                wanted = choose(self._node, subscription.topic_name, self._setting)
+                if wanted == subscription.qos_profile.reliability:
+                    continue
+                subscriber.resubscribe()
+                self.switches += 1
+                changed += 1
+                self._log_choice(subscriber.subscription, "switched to")
+        return changed
+
+    def _log_choice(self, subscription: Subscription | None, verb: str) -> None:
+        """One line per choice of an adaptive subscription (fixed ones are not followed)."""
+        if subscription is None or not self.adapts(subscription.topic_name):
+            return
+        topic = subscription.topic_name
+        policy = subscription.qos_profile.reliability.name.lower()
+        publishers = describe(offered(self._node, topic))
+        self._node.get_logger().info(
+            f"{topic}: {verb} {policy} (qos_reliability auto, {publishers})"
+        )
