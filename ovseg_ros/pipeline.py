@@ -120,7 +120,8 @@ def frame_outputs(
     (per-class confidences, overlay) nobody listens to; labels and confidence are always made.
     """
     vocabulary = result.vocabulary
-    encoding, labels = labels_image(result.labels, len(vocabulary))
+    # label_ids: uint8 as they left the device (mono8 without a copy) up to 256 entries
+    encoding, labels = labels_image(result.label_ids, len(vocabulary))
     outputs = [
         Output(LABELS, labels, encoding),
         Output(CONFIDENCE, np.ascontiguousarray(result.confidence, dtype=np.float32), "32FC1"),
@@ -130,7 +131,7 @@ def frame_outputs(
             probability = np.ascontiguousarray(result.probability_of(index), dtype=np.float32)
             outputs.append(Output(suffix, probability, "32FC1"))
     if plan.overlay_alpha is not None and (wanted is None or wanted(OVERLAY)):
-        overlay = render_overlay(rgb, result.labels, vocabulary, plan.overlay_alpha)
+        overlay = render_overlay(rgb, result.label_ids, vocabulary, plan.overlay_alpha)
         outputs.append(Output(OVERLAY, overlay, "rgb8"))
     return outputs
 

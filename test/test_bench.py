@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ovseg_ros.segmentation.methods import METHODS
 from ovseg_ros.tools import bench, bench_estimate, bench_measure
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,6 +176,7 @@ def test_cpu_estimate_of_the_random_preset():
     assert bench_estimate.cpu_seconds(["pearl"], args.sizes, args.classes, 13) == (
         pytest.approx(pearl)
     )
+    assert set(bench_estimate.REFERENCE_CPU) == set(METHODS)  # every method has its costs
     # Fewer methods, sizes or classes: shorter; the default matrix takes many minutes.
     assert bench_estimate.cpu_seconds(["pearl"], [(640, 480)], [20], 4) < pearl < default
     assert default > 20 * 60

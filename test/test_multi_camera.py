@@ -30,6 +30,7 @@ from std_msgs.msg import String
 
 from ovseg_ros.ros.node import SegmentNode
 from ovseg_ros.ros.parameters import DEFAULT_CLASSES, camera_names
+from ovseg_ros.ros.worker import Frame, Stats, Worker
 from ovseg_ros.segmentation import SegmenterConfig, build_segmenter
 
 DOMAIN_ID = random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
@@ -275,6 +276,47 @@ def test_cameras_read_only_at_runtime(cams, ovseg) -> None:
     (result,) = cams.set_parameters(Parameter("cameras", value=["front"]))
     assert not result.successful and "read-only" in result.reason
     assert [c.key for c in ovseg.cameras] == CAMERAS
+
+
+def test_worker_batch_mode_hands_over_whole_rounds() -> None:
+    """ROS-free: with batch=True the worker gets one list per round, one (newest) frame per
+    camera; an exception counts an error for every camera of the round and the worker goes on."""
+    rounds: list[list[tuple[str, int]]] = []
+    release = threading.Event()
+
+    def process(frames: list[Frame]) -> None:
+        if not rounds:
+            release.wait(10)  # hold the first round while the others queue up
+        rounds.append([(f.camera, f.message) for f in frames])
+        if any(f.message == "bad" for f in frames):
+            raise RuntimeError("engine failed")
+
+    stats = Stats()
+    worker = Worker(process, lambda: None, stats, lambda m: None, batch=True)
+    worker.start()
+    try:
+        worker.submit(Frame("front", 0, False))
+        assert wait_until(lambda: stats.snapshot()["front"].received == 1)
+        time.sleep(0.3)  # the worker holds round 1
+        for n in range(1, 6):  # front floods; left and right send one each
+            worker.submit(Frame("front", n, False))
+        worker.submit(Frame("left", 100, False))
+        worker.submit(Frame("right", 200, False))
+        release.set()
+        assert wait_until(lambda: len(rounds) == 2)
+        assert rounds == [[("front", 0)], [("front", 5), ("left", 100), ("right", 200)]]
+        assert stats.snapshot()["front"].dropped == 4
+        worker.submit(Frame("left", "bad", False))
+        worker.submit(Frame("right", 201, False))
+        assert wait_until(lambda: len(rounds) == 3)
+        assert wait_until(lambda: stats.total("errors") == 2)
+        snapshot = stats.snapshot()
+        assert (snapshot["left"].errors, snapshot["right"].errors) == (1, 1)
+        worker.submit(Frame("right", 202, False))  # still running
+        assert wait_until(lambda: len(rounds) == 4)
+    finally:
+        release.set()
+        worker.stop(5)
 
 
 # -- outputs -----------------------------------------------------------------------------------

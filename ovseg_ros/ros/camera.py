@@ -116,6 +116,7 @@ class Camera:
         for suffix in list(self._class_publishers):
             if suffix not in class_topics:
                 self.node.destroy_lifecycle_publisher(self._class_publishers.pop(suffix))
+                self._messages.forget(suffix)
         for suffix in class_topics:
             if suffix not in self._class_publishers:
                 publisher = self.node.create_lifecycle_publisher(

@@ -51,7 +51,7 @@ from ovseg_ros.ros.lifecycle_guard import guard_change_state
 from ovseg_ros.ros.log_throttle import KindThrottle, problem_kind, suppressed_note
 from ovseg_ros.ros.qos import VOCABULARY_QOS
 from ovseg_ros.ros.versions import VersionLog
-from ovseg_ros.ros.vocabulary_updater import VocabularyUpdater, pending_info
+from ovseg_ros.ros.vocabulary_updater import VocabularyUpdater, accepted_message, pending_info
 from ovseg_ros.ros.worker import Frame, PendingChanges, Stats, Worker, combined
 from ovseg_ros.segmentation.config import SegmenterConfig
 from ovseg_ros.segmentation.vocabulary import parse_entries
@@ -116,10 +116,7 @@ class SegmentNode(LifecycleNode):
             self._overlay_alpha = change.overlay_alpha
         if change.classes is not None:
             number = self._vocabulary.request(change.classes)
-            self.get_logger().info(
-                f"vocabulary change #{number} ({len(change.classes)} classes) accepted: encoding "
-                f"in the background; frames keep using v{self.versions.version} meanwhile"
-            )
+            self.get_logger().info(accepted_message(number, change.classes, self.versions.version))
         if self._pending.add(None, change.confidence, change.knobs):
             self.worker.wake()
         return result
@@ -282,12 +279,7 @@ class SegmentNode(LifecycleNode):
             vocabulary = activated.vocabulary
             # Published before any frame labelled with it.
             self._publish_vocabulary(self.versions.new_version(vocabulary, self._camera_keys()))
-            self.get_logger().info(
-                f"vocabulary v{self.versions.version} ({len(vocabulary)} classes) active "
-                f"{activated.waited_s:.2f} s after the request; encoding {activated.encoded} new "
-                f"names took {activated.encoding_s:.2f} s: {', '.join(vocabulary.names[:20])}"
-                + (" ..." if len(vocabulary) > 20 else "")
-            )
+            self.get_logger().info(activated.message(self.versions.version))
         if activated is not None or confidence is not None:
             self._update_plans(active=self._state_label == "active")
 
@@ -351,7 +343,8 @@ class SegmentNode(LifecycleNode):
     def _incompatible(self, topic: str, info: QoSRequestedIncompatibleQoSInfo) -> None:
         if info.last_policy_kind == QoSPolicyKind.RELIABILITY and self.qos_follower.adapts(topic):
             return  # a best-effort publisher joined: the follower switches to best effort
-        self.stats.count("", "qos_incompatible")
+        subscribed = {c.subscription.topic_name: c.key for c in self.cameras if c.subscription}
+        self.stats.count(subscribed.get(topic, ""), "qos_incompatible")  # per camera
         self.get_logger().warning(
             f"{topic}: a publisher offers an incompatible "
             f"{qos_policy_name_from_kind(info.last_policy_kind)} QoS policy, so its frames never "

@@ -35,8 +35,9 @@ class OutputMessages:
         source = memoryview(contiguous).cast("B")  # [H * step] bytes, no copy
         msg, payload = self._messages.get(suffix, (None, None))
         if msg is None or len(payload) != source.nbytes:
-            msg, payload = Image(), array.array("B", [0]) * source.nbytes
-            msg.data = payload
+            msg = Image()
+            msg.data = array.array("B", [0]) * source.nbytes
+            payload = msg.data  # the message's own array (the setter may have copied ours)
             self._messages[suffix] = (msg, payload)
         memoryview(payload)[:] = source  # the one copy
         msg.header = header

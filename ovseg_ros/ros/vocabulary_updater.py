@@ -42,6 +42,16 @@ class Activation:
     encoding_s: float  # time spent preparing (validation + encoding)
     waited_s: float  # from the request to the activation
 
+    def message(self, version: int) -> str:
+        """The log line: public ``version``, size, how long encoding and waiting took."""
+        names = self.vocabulary.names
+        return (
+            f"vocabulary v{version} ({len(names)} classes) active {self.waited_s:.2f} s after "
+            f"the request; encoding {self.encoded} new names took {self.encoding_s:.2f} s: "
+            + ", ".join(names[:20])
+            + (" ..." if len(names) > 20 else "")
+        )
+
 
 class VocabularyUpdater:
     """One background thread that prepares the newest requested vocabulary.
@@ -187,3 +197,11 @@ def pending_info(pending: Pending | None, version: int) -> dict[str, int]:
         "pending_done": pending.done,
         "pending_total": pending.total,
     }
+
+
+def accepted_message(number: int, classes: list[str], version: int) -> str:
+    """The log line of an accepted change while version ``version`` stays in use."""
+    return (
+        f"vocabulary change #{number} ({len(classes)} classes) accepted: encoding in the "
+        f"background; frames keep using v{version} meanwhile"
+    )

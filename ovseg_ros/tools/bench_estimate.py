@@ -24,13 +24,15 @@ class CpuCost:
     frame_base_s: float  # segment()'s part that does not grow with the frame
 
 
-# Measured with /tmp-free code paths of ovseg-bench: build, set_vocabulary of the synthetic
-# names, segment() of synthetic_image at 640x480 and 1280x720 (the affine fit of the two).
+# Measured on the 2-core x86 development machine (torch 2.15 CPU, 2 threads, shared with other
+# jobs, hence CPU time rather than wall time): build, set_vocabulary of the synthetic names, and
+# the second segment() of synthetic_image at 640x480 and 1280x720 with 100 classes, fitted as
+# base + per-megapixel (fewer classes run somewhat faster).
 REFERENCE_CPU: dict[str, CpuCost] = {
-    "pearl": CpuCost(build_s=2.6, name_s=1.15, frame_s_per_mpx=5.0, frame_base_s=3.2),
-    "maskclip": CpuCost(build_s=2.6, name_s=1.15, frame_s_per_mpx=5.0, frame_base_s=3.2),
-    "lposs": CpuCost(build_s=2.6, name_s=1.15, frame_s_per_mpx=5.0, frame_base_s=3.2),
-    "lposs_plus": CpuCost(build_s=2.6, name_s=1.15, frame_s_per_mpx=5.0, frame_base_s=3.2),
+    "pearl": CpuCost(build_s=2.6, name_s=1.21, frame_s_per_mpx=6.9, frame_base_s=2.6),
+    "maskclip": CpuCost(build_s=0.6, name_s=1.09, frame_s_per_mpx=6.3, frame_base_s=6.4),
+    "lposs": CpuCost(build_s=2.4, name_s=1.10, frame_s_per_mpx=11.4, frame_base_s=13.7),
+    "lposs_plus": CpuCost(build_s=2.4, name_s=1.10, frame_s_per_mpx=11.4, frame_base_s=13.7),
 }
 
 
