@@ -19,9 +19,9 @@ mean |dp| <= 0.002 and 99th percentile of the per-pixel max |dp| <= 0.02; bf16 0
 0.05. Labels must agree on >= 99.9% of the pixels whose fp32 top-two margin exceeds that p99
 bound (where a flip would mean a real error). Overall agreement is recorded, not asserted
 strictly (>= 95%): random weights leave many near ties (median top-two margin 0.02 for the
-random preset's PEARL, 0.35-0.45 for the tiny models). Measured on the CPU: tiny models fp16 p99 0.001-0.002, bf16 0.007-0.01,
-overall agreement >= 99.8%; the random preset's PEARL in bf16 p99 0.0005, mean 5e-5, overall
-agreement 99.4%, every flipped pixel within a 0.0006 margin.
+random preset's PEARL, 0.35-0.45 for the tiny models). Measured on the CPU: tiny models fp16
+p99 0.001-0.002, bf16 0.007-0.01, overall agreement >= 99.8%; the random preset's PEARL in
+bf16 p99 0.0005, mean 5e-5, overall agreement 99.4%, every flip within a 0.0006 margin.
 """
 
 from __future__ import annotations

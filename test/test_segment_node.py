@@ -46,6 +46,9 @@ RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
+HISTORY = QoSProfile(
+    depth=16, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+)
 BEST_EFFORT = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 pytestmark = pytest.mark.timeout(120)
@@ -100,7 +103,9 @@ class RosHarness:
         self.image_pub = self.node.create_publisher(Image, "/image", RELIABLE)
         for topic in ("/ovseg/labels", "/ovseg/confidence"):
             self.subscribe(Image, topic)
-        self.subscribe(String, "/ovseg/vocabulary", LATCHED)
+        # Depth 16, like the node's history: a depth-1 reader can lose a valid_from update
+        # when the next version follows it within milliseconds.
+        self.subscribe(String, "/ovseg/vocabulary", HISTORY)
         self.subscribe(DiagnosticArray, "/diagnostics", QoSProfile(depth=50))
         self.set_params = self.node.create_client(SetParameters, "/ovseg/set_parameters")
         self.change_state = self.node.create_client(ChangeState, "/ovseg/change_state")
