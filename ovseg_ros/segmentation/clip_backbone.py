@@ -348,47 +348,6 @@ def prompt_templates(name: str) -> list:
     raise ValueError(f"unknown templates {name!r}")
 
 
-def _truncatable(model: nn.Module) -> bool:
-    """A CLIP text tower whose causal mask and end-of-text pooling make the padding after the
-    longest prompt irrelevant (open_clip's ``CLIP`` with OpenAI-style text)."""
-    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
-    return (
-        all(getattr(model, name, None) is not None for name in needed)
-        and getattr(model, "text_pool_type", "argmax") == "argmax"
-        and model.attn_mask.ndim == 2
-    )
-
-
-def encode_text(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """``model.encode_text(tokens)`` for ``[B, L]`` tokens, on the shortest context that holds
-    every prompt of the batch.
-
-    The text transformer is causal and its output is read at the end-of-text token (the
-    largest id), so tokens after the longest prompt's end never reach the result: cutting
-    the context there (10-20 of 77 tokens for class prompts) gives the same embeddings for a
-    fraction of the work. Models of another layout go through ``encode_text`` unchanged.
-
-    Returns:
-        ``[B, D]`` (not normalised).
-    """
-    if not _truncatable(model):
-        return model.encode_text(tokens)
-    end = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
-    length = int(end.max()) + 1
-    cast = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens[:, :length]).to(cast)
-    x = x + model.positional_embedding[:length].to(cast)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), end]
-    projection = getattr(model, "text_projection", None)
-    if isinstance(projection, nn.Linear):
-        x = projection(x)
-    elif projection is not None:
-        x = x @ projection
-    return x
-
-
 @torch.no_grad()
 def encode_class_names(
     bundle: ClipBundle, names: list[str], templates: list, *, max_batch: int = TEXT_BATCH
@@ -404,6 +363,6 @@ def encode_class_names(
     chunks = []
     for start in range(0, len(prompts), max_batch):
         tokens = bundle.tokenizer(prompts[start : start + max_batch]).to(device)
-        chunks.append(F.normalize(encode_text(model, tokens).float(), dim=-1))
+        chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
     per_prompt = torch.cat(chunks).reshape(len(names), len(templates), -1)
     return F.normalize(per_prompt.mean(dim=1), dim=-1)

@@ -32,7 +32,7 @@ REFERENCE_CPU: dict[str, CpuCost] = {
     "pearl": CpuCost(build_s=2.6, name_s=1.21, frame_s_per_mpx=6.9, frame_base_s=2.6),
     "maskclip": CpuCost(build_s=0.6, name_s=1.09, frame_s_per_mpx=6.3, frame_base_s=6.4),
     "lposs": CpuCost(build_s=2.4, name_s=1.10, frame_s_per_mpx=11.4, frame_base_s=13.7),
-    "lposs_plus": CpuCost(build_s=2.4, name_s=1.10, frame_s_per_mpx=11.4, frame_base_s=13.7),
+    "lposs_plus": CpuCost(build_s=2.5, name_s=1.05, frame_s_per_mpx=32.3, frame_base_s=35.2),
 }
 
 
