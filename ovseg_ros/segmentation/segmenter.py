@@ -317,7 +317,12 @@ class Segmenter:
         host = rgb if resized is None else resized
         if not host.flags.writeable or not host.flags.c_contiguous:
             host = np.array(host, order="C")  # torch needs writable memory (ROS buffers are not)
-        image = torch.from_numpy(host).to(self.device, non_blocking=True)
+        image = torch.from_numpy(host)
+        if self.device.type == "cuda":
+            # Staged in pinned memory (PyTorch's host cache: no allocation once warm), the
+            # upload is asynchronous; from pageable memory non_blocking would not be.
+            image = image.pin_memory()
+        image = image.to(self.device, non_blocking=True)
         image = image.permute(2, 0, 1)[None].float()  # [1, 3, h, w] in 0..255
         if resized is None and size != (height, width):
             image = resize_image(image, size)

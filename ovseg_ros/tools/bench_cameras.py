@@ -6,7 +6,8 @@
 
 Each camera has its own deterministic 640x480 frame (``--size``). Per (method, device, dtype)
 one segmenter is built; per camera count, one untimed round of each way, then ``--repeat``
-timed rounds (CUDA synchronised). No timing is asserted anywhere; the numbers are for reading.
+timed rounds of each, alternating (CUDA synchronised). No timing is asserted anywhere; the
+numbers are for reading.
 Exit status: 0, 1 when a configuration failed (the others still run), 2 for a usage problem
 or missing weights.
 """
@@ -17,15 +18,16 @@ import argparse
 import gc
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import TextIO
 
 import torch
 
-from ovseg_ros.segmentation.batch_bench import VOCABULARY, bench_cameras
+from ovseg_ros.segmentation.batch_bench import VOCABULARY, camera_frame
 from ovseg_ros.segmentation.config import DTYPES, PRESETS, SegmenterConfig
 from ovseg_ros.segmentation.methods import METHODS
-from ovseg_ros.segmentation.segmenter import build_segmenter, check_device
+from ovseg_ros.segmentation.segmenter import Segmenter, build_segmenter, check_device
 from ovseg_ros.segmentation.weights import WeightsNotFoundError
 from ovseg_ros.tools.bench_measure import StreamingTable, describe, warn
 from ovseg_ros.tools.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, fmt
@@ -83,6 +85,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def measure(segmenter: Segmenter, cameras: int, width: int, height: int, repeat: int) -> dict:
+    """Frames per second of ``cameras`` frames (each its own scene) through ``segment_batch``
+    vs ``segment`` one by one. The two ways alternate round by round (after one untimed round
+    of each), so a machine whose load drifts during the run biases neither."""
+    frames = [camera_frame(height, width, seed) for seed in range(cameras)]
+    device = segmenter.device
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def one_by_one() -> None:
+        for frame in frames:
+            segmenter.segment(frame)
+
+    def batched() -> None:
+        segmenter.segment_batch(frames)
+
+    seconds = {one_by_one: 0.0, batched: 0.0}
+    for round_index in range(repeat + 1):
+        for way in (one_by_one, batched) if round_index % 2 else (batched, one_by_one):
+            sync()
+            started = time.perf_counter()
+            way()
+            sync()
+            if round_index:  # round 0 warms up
+                seconds[way] += time.perf_counter() - started
+    alone, together = seconds[one_by_one], seconds[batched]
+    return {
+        "cameras": cameras,
+        "size": f"{width}x{height}",
+        "one_by_one_fps": cameras * repeat / alone,
+        "batched_fps": cameras * repeat / together,
+        "speedup": alone / together,
+    }
+
+
 def run(
     configs: list[SegmenterConfig],
     counts: list[int],
@@ -100,7 +139,7 @@ def run(
         try:
             segmenter = build_segmenter(config)
             segmenter.set_vocabulary(list(VOCABULARY))
-            rows = bench_cameras(segmenter, counts, height=height, width=width, repeats=repeat)
+            rows = [measure(segmenter, n, width, height, repeat) for n in counts]
         except WeightsNotFoundError:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report, go on
