@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ovseg_ros.image_conversion import ImageConversionError, message_to_rgb
+from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS, ImageConversionError, message_to_rgb
 from ovseg_ros.outputs import confidence_topic_suffix, labels_image, render_overlay
 
 LABELS = "labels"
@@ -142,13 +142,16 @@ def process_frame(
     compressed: bool,
     plan: OutputPlan,
     wanted: Callable[[str], bool] | None = None,
+    *,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> FrameResult:
     """Decode ``msg`` (Image or CompressedImage, rclpy or rosbags), segment it, make outputs.
 
     Raises :class:`~ovseg_ros.image_conversion.ImageConversionError` for an undecodable
-    frame, before the segmenter runs.
+    frame, or one of more than ``max_pixels`` pixels (kind ``"limit"``, found before
+    decoding), before the segmenter runs.
     """
-    rgb = message_to_rgb(msg, compressed)
+    rgb = message_to_rgb(msg, compressed, max_pixels=max_pixels)
     started = time.perf_counter()
     result = segmenter.segment(rgb)
     inference = time.perf_counter() - started
@@ -163,6 +166,7 @@ class FrameInput:
     compressed: bool
     plan: OutputPlan
     wanted: Callable[[str], bool] | None = None
+    max_pixels: int | None = MAX_IMAGE_PIXELS
 
 
 def process_frames(
@@ -177,7 +181,7 @@ def process_frames(
     decoded: list[np.ndarray | ImageConversionError] = []
     for frame in frames:
         try:
-            decoded.append(message_to_rgb(frame.msg, frame.compressed))
+            decoded.append(message_to_rgb(frame.msg, frame.compressed, max_pixels=frame.max_pixels))
         except ImageConversionError as exc:
             decoded.append(exc)
     images = [rgb for rgb in decoded if isinstance(rgb, np.ndarray)]

@@ -272,7 +272,9 @@ def test_interrupted_run_leaves_no_half_written_output(tmp_path, args):
         if sig == signal.SIGKILL:
             assert process.returncode == -signal.SIGKILL and partial()  # killed mid-bag
         else:
-            assert process.returncode == 130, err.decode()
+            # 130 from our handler; -SIGINT when the interrupt lands while the interpreter
+            # is importing or finalising (Python's own convention for Ctrl-C).
+            assert process.returncode in (130, -signal.SIGINT), err.decode()
             assert not partial()
             report = load_report(out)
             assert "interrupted" in {b["status"] for b in report.values()}

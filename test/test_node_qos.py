@@ -22,7 +22,7 @@ from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 
 from ovseg_ros.ros.adaptive_qos import for_publishers
 from ovseg_ros.ros.diagnostics import INPUT_LOSS_HINT
@@ -73,7 +73,8 @@ class Peer:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, RELIABLE)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        threading.Thread(target=self.executor.spin, daemon=True).start()
+        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
+        self.spinner.start()
 
     def listen(self, topic: str) -> None:
         self.labels[topic] = set()
@@ -108,6 +109,9 @@ class Peer:
 
     def close(self) -> None:
         self.executor.shutdown()
+        # A spin thread still inside rclpy at interpreter exit aborts the process
+        # ("terminate called without an active exception", ros2/rclpy#1484): join it.
+        self.spinner.join(10)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
 
@@ -137,11 +141,23 @@ def running_node(context, name: str, topic: str, **overrides) -> Iterator[Segmen
     assert node.state_label == "active"
     executor = MultiThreadedExecutor(num_threads=4, context=context)
     executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    errors: list[BaseException] = []
+
+    def spin() -> None:
+        try:
+            executor.spin()
+        except BaseException as exc:  # an executor thread that dies is a failure, not a hang
+            errors.append(exc)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    node.spin_errors = errors  # for the tests that stress the executor
     yield node
     executor.shutdown()
+    spinner.join(10)
     node.close()
     node.destroy_node()
+    assert not errors, f"the executor died: {errors[0]!r}"
 
 
 def policy(node: SegmentNode) -> ReliabilityPolicy | None:
@@ -207,6 +223,114 @@ def test_auto_follows_the_publishers(context, peer) -> None:
         assert node.qos_follower.switches == 4  # BE->R, R->BE, BE->R, R->BE
         # The transient mismatch while a best-effort publisher joins is no incompatibility.
         assert node.stats.total("qos_incompatible") == 0
+    finally:
+        camera.destroy_node()
+        nodes.close()
+
+
+class Stream:
+    """A reliable camera publishing frames with new stamps from its own thread."""
+
+    def __init__(self, publisher, period_s: float = 0.01) -> None:
+        self.publisher, self.period = publisher, period_s
+        self.stop = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.publisher.publish(make_image(9_000_000_000 + self.sent))
+            self.sent += 1
+            time.sleep(self.period)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def test_resubscribing_while_frames_flow_keeps_the_executor_alive(context, peer) -> None:
+    """The race behind a dead executor thread: a subscription (with its incompatible-QoS event
+    handler) destroyed from another thread while the multi-threaded executor builds its wait
+    set. rclpy then raised InvalidHandle in the spin thread and the node went deaf. Many
+    renewals while frames flow must leave the executor spinning and the frames labelled."""
+    topic, labels = "/churn_cam/image", "/ovseg_churn/labels"
+    peer.listen(labels)
+    nodes = running_node(context, "ovseg_churn", topic)
+    node = next(nodes)
+    camera = rclpy.create_node("churn_camera", context=peer.context)
+    stream = None
+    try:
+        publisher = camera.create_publisher(Image, topic, RELIABLE)
+        assert wait_until(lambda: policy(node) == R, 10)
+        stream = Stream(publisher, period_s=0.001)  # many wake-ups: many wait sets built
+        pause = random.Random(0)
+        for _ in range(1500):
+            node.cameras[0].resubscribe()  # what the follower does on a switch, from a thread
+            time.sleep(pause.uniform(0.0, 0.003))  # land anywhere in the executor's cycle
+            assert not node.spin_errors, f"the executor died: {node.spin_errors[0]!r}"
+        stream.close()
+        assert labelled_through(peer, publisher, labels, 8_000_000_000)
+        assert not node.spin_errors
+    finally:
+        if stream is not None:
+            stream.close()
+        camera.destroy_node()
+        nodes.close()
+
+
+def test_adaptive_switches_while_frames_flow(context, peer) -> None:
+    """The follower's own path, several times: a best-effort publisher joins and leaves while a
+    reliable camera streams; every switch lands, the executor survives, frames are labelled."""
+    topic, labels = "/switch_cam/image", "/ovseg_switch/labels"
+    peer.listen(labels)
+    nodes = running_node(context, "ovseg_switch", topic)
+    node = next(nodes)
+    camera = rclpy.create_node("switch_camera", context=peer.context)
+    stream = None
+    try:
+        publisher = camera.create_publisher(Image, topic, RELIABLE)
+        assert wait_until(lambda: policy(node) == R, 10)
+        stream = Stream(publisher)
+        for _ in range(4):
+            joiner = camera.create_publisher(Image, topic, BEST_EFFORT)
+            assert wait_until(lambda: policy(node) == BE, 15)
+            camera.destroy_publisher(joiner)
+            assert wait_until(lambda: policy(node) == R, 15)
+        stream.close()
+        assert node.qos_follower.switches == 1 + 8
+        assert labelled_through(peer, publisher, labels, 8_500_000_000)
+        assert not node.spin_errors
+    finally:
+        if stream is not None:
+            stream.close()
+        camera.destroy_node()
+        nodes.close()
+
+
+def test_depth_inputs_follow_their_publishers(context, peer) -> None:
+    """depth:=true: the depth and camera_info subscriptions adapt like the image one."""
+    nodes = running_node(context, "ovseg_rgbd", "/adapt_rgbd/image", depth=True)
+    node = next(nodes)
+    camera = rclpy.create_node("rgbd_camera", context=peer.context)
+    try:
+        depth_input = node.cameras[0].depth
+        assert depth_input is not None
+
+        def policies() -> list[ReliabilityPolicy]:
+            return [s.qos_profile.reliability for s, _ in node.cameras[0].adaptive()]
+
+        assert policies() == [BE, BE, BE]  # no publisher yet
+        depth_topic = node.resolve_topic_name(depth_input.depth_topic)
+        info_topic = node.resolve_topic_name(depth_input.info_topic)
+        camera.create_publisher(Image, depth_topic, RELIABLE)
+        assert wait_until(lambda: policies() == [BE, R, BE], 15)
+        info = camera.create_publisher(CameraInfo, info_topic, RELIABLE)
+        assert wait_until(lambda: policies() == [BE, R, R], 15)
+        camera.destroy_publisher(info)
+        camera.create_publisher(CameraInfo, info_topic, BEST_EFFORT)
+        assert wait_until(lambda: policies() == [BE, R, BE], 15)
+        assert node.qos_follower.switches == 3
     finally:
         camera.destroy_node()
         nodes.close()

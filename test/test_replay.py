@@ -331,6 +331,49 @@ def test_mono16_above_256_classes_from_params_file(tmp_path, capsys):
     assert [t for t, _ in messages["/cam/image"]] == [bag_time(0), bag_time(1)]
 
 
+def _big_image(i: int, size: int = 100) -> object:
+    pixels = np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return Image(
+        header=header(i),
+        height=size,
+        width=size,
+        encoding="rgb8",
+        is_bigendian=0,
+        step=size * 3,
+        data=pixels.reshape(-1),
+    )
+
+
+def test_max_image_pixels_from_flag_and_params_file(tmp_path, capsys):
+    """A 100x100 frame is skipped and reported with a 64x64 limit (flag, or the params file's
+    max_image_pixels as the node reads it); the 64x48 frames around it are segmented."""
+    frames = [raw_image(0), _big_image(1), raw_image(2)]
+    src = tmp_path / "in"
+    write_bag(src, "sqlite3", {"/cam/image": [(bag_time(i), m) for i, m in enumerate(frames)]})
+    params = tmp_path / "segment.yaml"
+    node = {"classes": CLASSES, "max_image_pixels": 64 * 64, **FAST}
+    params.write_text(yaml.safe_dump({"ovseg": {"ros__parameters": node}}))
+    flag_only = ["--classes", *CLASSES, *TINY, "--max-image-pixels", str(64 * 64)]
+    for name, argv in (("flag", flag_only), ("params", ["--params", str(params), *TINY])):
+        out = tmp_path / name
+        assert main([str(src), str(out), *argv]) == 0, name
+        captured = capsys.readouterr()
+        assert captured.err.count("skipped frame") == 1, captured.err
+        assert "100x100" in captured.err and str(64 * 64) in captured.err
+        assert "2 of 3 frames segmented" in captured.out
+        assert "larger than max_image_pixels: 1" in captured.out
+        labels = read_bag(out)[0]["/ovseg/labels"]
+        assert [decode(raw).header.stamp.sec for _, raw in labels] == [100, 102]
+    # The flag wins over the params file; without a limit this low every frame is segmented.
+    out = tmp_path / "raised"
+    assert main([str(src), str(out), "--params", str(params), *TINY, "--max-image-pixels",
+                 str(100 * 100)]) == 0  # fmt: skip
+    assert "3 of 3 frames segmented" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # argparse: N must be > 0
+        main([str(src), str(tmp_path / "bad"), *flag_only[:-1], "0"])
+    assert exit_info.value.code == 2
+
+
 def test_node_params_file_works_unchanged(tmp_path):
     """The package's config/segment.yaml gives the classes; flags override its engine settings."""
     config = Path(__file__).resolve().parents[1] / "config" / "segment.yaml"

@@ -169,10 +169,12 @@ def test_drain_waits_for_the_frame_in_progress() -> None:
 def test_pending_changes_collapse_until_taken() -> None:
     pending = PendingChanges()
     assert not pending.add()
-    assert pending.add(classes=["a"], knobs={"tlp": False})
-    assert pending.add(classes=["b"], knobs={"logit_scale": 2.0})
-    assert pending.take() == (["b"], None, {"tlp": False, "logit_scale": 2.0})
-    assert pending.take() == (None, None, {})
+    assert pending.add(confidence=["a"], knobs={"tlp": False})
+    assert pending.add(confidence=["b"], knobs={"logit_scale": 2.0})
+    assert pending.take() == (["b"], {"tlp": False, "logit_scale": 2.0})
+    assert pending.take() == (None, {})
+    assert pending.add(confidence=[])  # an empty list is a change (no per-class topics)
+    assert pending.take() == ([], {})
 
 
 # -- vocabulary versions -----------------------------------------------------------------------

@@ -7,8 +7,10 @@ matters for large frames: Fast DDS loses most best-effort frames above its share
 segment (README, "Large images and DDS"), while a reliable camera repairs them.
 
 The choice is made when the node subscribes and again every :data:`POLL_PERIOD_S` while it
-is active (:class:`ReliabilityFollower`); the subscription is recreated only when the chosen
-policy changes, which may lose the frames in flight at that moment. With no publisher yet,
+is active (:class:`ReliabilityFollower`), for the image and the depth / camera_info inputs
+alike; a subscription is recreated only when its chosen policy changes, which may lose the
+frames in flight at that moment. The old one is retired through :mod:`.retire`: destroying it
+outright from the timer would race the multi-threaded executor's wait. With no publisher yet,
 the subscription is best effort, so whichever publisher appears first connects at once.
 
 The standard override ``qos_overrides./<topic>.subscription.reliability`` wins over
@@ -104,11 +106,12 @@ def describe(policies: Sequence[ReliabilityPolicy]) -> str:
 
 
 class Subscriber(Protocol):
-    """What the follower needs of a camera: its subscription and a way to renew it."""
+    """What the follower needs of a camera: its input subscriptions (image, depth,
+    camera_info), each with a way to renew it, and a sweep of the retired ones."""
 
-    subscription: Subscription | None
+    def adaptive(self) -> list[tuple[Subscription, Callable[[], object]]]: ...
 
-    def resubscribe(self) -> object: ...
+    def sweep(self) -> object: ...
 
 
 class ReliabilityFollower:
@@ -124,14 +127,15 @@ class ReliabilityFollower:
         self._timer = None
         self._setting = AUTO
         self._subscribers: Callable[[], list[Subscriber]] = list
-        self.switches = 0  # subscriptions recreated since the node started
+        self.switches = 0  # subscriptions recreated since the node started (image, depth, info)
 
     def start(self, setting: str, subscribers: Callable[[], list[Subscriber]], group) -> None:
         """Log the initial choices; poll every period in callback ``group``."""
         with self._lock:
             self._setting, self._subscribers = setting, subscribers
             for subscriber in subscribers():
-                self._log_choice(subscriber.subscription, "subscribed")
+                for subscription, _ in subscriber.adaptive():
+                    self._log_choice(subscription, "subscribed")
             if self._timer is None:
                 self._timer = self._node.create_timer(self._period, self.poll, callback_group=group)
 
@@ -155,24 +159,31 @@ class ReliabilityFollower:
             if self._timer is None:
                 return 0  # stopped meanwhile
             for subscriber in self._subscribers():
-                subscription = subscriber.subscription
-                if subscription is None or not self.adapts(subscription.topic_name):
-                    continue
-                wanted = choose(self._node, subscription.topic_name, self._setting)
-                if wanted == subscription.qos_profile.reliability:
-                    continue
-                subscriber.resubscribe()
-                self.switches += 1
-                changed += 1
-                self._log_choice(subscriber.subscription, "switched to")
+                subscriber.sweep()  # subscriptions replaced earlier: free them once it is safe
+                for subscription, renew in subscriber.adaptive():
+                    topic = subscription.topic_name
+                    if not self.adapts(topic):
+                        continue
+                    wanted = choose(self._node, topic, self._setting)
+                    if wanted == subscription.qos_profile.reliability:
+                        continue
+                    renew()
+                    self.switches += 1
+                    changed += 1
+                    self._log_choice(topic, "switched to", wanted)
         return changed
 
-    def _log_choice(self, subscription: Subscription | None, verb: str) -> None:
+    def _log_choice(
+        self, subscription: Subscription | str, verb: str, policy: ReliabilityPolicy | None = None
+    ) -> None:
         """One line per choice of an adaptive subscription (fixed ones are not followed)."""
-        if subscription is None or not self.adapts(subscription.topic_name):
+        topic = subscription if isinstance(subscription, str) else subscription.topic_name
+        if not self.adapts(topic):
             return
-        topic = subscription.topic_name
-        policy = subscription.qos_profile.reliability.name.lower()
+        if policy is None:
+            assert not isinstance(subscription, str)
+            policy = subscription.qos_profile.reliability
+        policy = policy.name.lower()
         publishers = describe(offered(self._node, topic))
         self._node.get_logger().info(
             f"{topic}: {verb} {policy} (qos_reliability auto, {publishers})"

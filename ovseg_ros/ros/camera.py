@@ -14,6 +14,7 @@ import numpy as np
 from rclpy.callback_groups import CallbackGroup
 from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -24,6 +25,7 @@ from ovseg_ros.ros.depth_input import DepthInput
 from ovseg_ros.ros.input_loss import InputLossEstimator, stamp_ns
 from ovseg_ros.ros.output_messages import OutputMessages
 from ovseg_ros.ros.qos import OUTPUT_QOS, input_qos
+from ovseg_ros.ros.retire import Retirer
 from ovseg_ros.ros.worker import Frame
 
 
@@ -44,6 +46,7 @@ class Camera:
         self.depth: DepthInput | None = None  # depth side, attached by the node with depth:=true
         self.input_loss = InputLossEstimator()  # frames lost before reaching us, from the stamps
         self._resubscribe: Callable[[], str] | None = None
+        self._retirer = Retirer(node)  # destroys subscriptions without racing the executor
         self._messages = OutputMessages()  # one reusable message per output topic
 
     # -- input -------------------------------------------------------------------------------
@@ -56,7 +59,24 @@ class Camera:
         on_incompatible: Callable[[str, QoSRequestedIncompatibleQoSInfo], None],
         group: CallbackGroup,
     ) -> str:
-        """Subscribe ``image`` (raw) or ``<resolved image>/compressed``; the topic name."""
+        """Subscribe ``image`` (raw) or ``<resolved image>/compressed``, and depth where
+        attached; the image topic name."""
+        topic = self._subscribe_image(transport, reliability, on_frame, on_incompatible, group)
+        self._resubscribe = lambda: self._subscribe_image(
+            transport, reliability, on_frame, on_incompatible, group
+        )
+        if self.depth is not None:
+            self.depth.subscribe(reliability, group)
+        return topic
+
+    def _subscribe_image(
+        self,
+        transport: str,
+        reliability: str,
+        on_frame: Callable[[Frame], None],
+        on_incompatible: Callable[[str, QoSRequestedIncompatibleQoSInfo], None],
+        group: CallbackGroup,
+    ) -> str:
         if transport == "compressed":
             # Resolved (remapping applied) first, so -r image:=/x/image moves both.
             topic = f"{self.node.resolve_topic_name(self.input_topic)}/compressed"
@@ -78,24 +98,36 @@ class Camera:
             event_callbacks=events,
             qos_overriding_options=OVERRIDING_OPTIONS,
         )
-        self._resubscribe = lambda: self.subscribe(
-            transport, reliability, on_frame, on_incompatible, group
-        )
         holder["topic"] = self.subscription.topic_name
-        if self.depth is not None:
-            self.depth.subscribe(reliability, group)
         return self.subscription.topic_name
 
     def resubscribe(self) -> str:
-        """Recreate the subscription with the same arguments (its reliability chosen anew)."""
+        """Recreate the image subscription (its reliability chosen anew); depth is kept."""
+        if self._resubscribe is None:
+            return ""
         if self.subscription is not None:
-            self.node.destroy_subscription(self.subscription)
+            self._retirer.retire(self.subscription)
             self.subscription = None
-        return self._resubscribe() if self._resubscribe is not None else ""
+        return self._resubscribe()
+
+    def adaptive(self) -> list[tuple[Subscription, Callable[[], object]]]:
+        """Every input subscription with the way to renew it (for the QoS follower)."""
+        pairs: list[tuple[Subscription, Callable[[], object]]] = []
+        if self.subscription is not None:
+            pairs.append((self.subscription, self.resubscribe))
+        if self.depth is not None:
+            pairs.extend(self.depth.adaptive())
+        return pairs
+
+    def sweep(self) -> None:
+        """Free what earlier unsubscriptions left for later (see :mod:`.retire`)."""
+        self._retirer.sweep()
+        if self.depth is not None:
+            self.depth.sweep()
 
     def unsubscribe(self) -> None:
         if self.subscription is not None:
-            self.node.destroy_subscription(self.subscription)
+            self._retirer.retire(self.subscription)
             self.subscription = None
         if self.depth is not None:
             self.depth.unsubscribe()
@@ -151,7 +183,9 @@ class Camera:
         }
 
     def destroy(self) -> None:
+        """Everything of this camera; only once no executor spins the node."""
         self.unsubscribe()
+        self._retirer.sweep(force=True)
         for publisher in [*self._publishers.values(), *self._class_publishers.values()]:
             self.node.destroy_lifecycle_publisher(publisher)
         self._publishers, self._class_publishers = {}, {}

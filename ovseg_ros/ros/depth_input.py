@@ -8,7 +8,8 @@ remappable like ``image``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from ovseg_ros.ros import parameters
 from ovseg_ros.ros.diagnostics import points_status
 from ovseg_ros.ros.pointcloud import to_pointcloud2
 from ovseg_ros.ros.qos import OUTPUT_QOS, input_qos
+from ovseg_ros.ros.retire import Retirer
 
 
 class DepthInput:
@@ -49,30 +51,59 @@ class DepthInput:
             ),
         }
         self._subscriptions: list[Any] = []
+        self._subscribed_with: tuple[str, CallbackGroup] | None = None  # (reliability, group)
+        self._retirer = Retirer(node)  # destroys subscriptions without racing the executor
         self._last_counters: dict[str, int] = {}
 
     def subscribe(self, reliability: str, group: CallbackGroup) -> list[str]:
-        """Subscribe ``depth`` and ``camera_info``; their resolved names."""
+        """Subscribe ``depth`` and ``camera_info``; their resolved names.
+
+        ``reliability`` as for the image (``auto`` included: the QoS follower re-chooses it
+        for these subscriptions too, through :meth:`adaptive`).
+        """
         self.unsubscribe()
-        for msg_type, topic, callback in (
+        self._subscribed_with = (reliability, group)
+        self._subscriptions = [self._create(index) for index in range(len(self._inputs()))]
+        return [s.topic_name for s in self._subscriptions]
+
+    def _inputs(self) -> tuple[tuple[type, str, Callable[[Any], None]], ...]:
+        return (
             (Image, self.depth_topic, self.stage.push_depth),
             (CameraInfo, self.info_topic, self.stage.push_camera_info),
-        ):
-            self._subscriptions.append(
-                self.node.create_subscription(
-                    msg_type,
-                    topic,
-                    callback,
-                    input_qos(self.node, topic, reliability),
-                    callback_group=group,
-                )
-            )
-        return [s.topic_name for s in self._subscriptions]
+        )
+
+    def _create(self, index: int) -> Any:
+        assert self._subscribed_with is not None
+        reliability, group = self._subscribed_with
+        msg_type, topic, callback = self._inputs()[index]
+        return self.node.create_subscription(
+            msg_type,
+            topic,
+            callback,
+            input_qos(self.node, topic, reliability),
+            callback_group=group,
+        )
+
+    def resubscribe(self, index: int) -> str:
+        """Recreate input ``index`` (0 depth, 1 camera_info), its reliability chosen anew."""
+        if self._subscribed_with is None or index >= len(self._subscriptions):
+            return ""
+        self._retirer.retire(self._subscriptions[index])
+        self._subscriptions[index] = self._create(index)
+        return self._subscriptions[index].topic_name
+
+    def adaptive(self) -> list[tuple[Any, Callable[[], object]]]:
+        """Each subscription with the way to renew it (for the QoS follower)."""
+        return [(s, partial(self.resubscribe, i)) for i, s in enumerate(self._subscriptions)]
+
+    def sweep(self) -> None:
+        self._retirer.sweep()
 
     def unsubscribe(self) -> None:
         for subscription in self._subscriptions:
-            self.node.destroy_subscription(subscription)
+            self._retirer.retire(subscription)
         self._subscriptions = []
+        self._subscribed_with = None
 
     def outputs(self, header: Header, rgb: Any, result: Any, device: torch.device) -> list[Output]:
         """The ``points`` / ``camera_info`` outputs of a segmented frame; warnings logged."""
@@ -104,6 +135,7 @@ class DepthInput:
 
     def destroy(self) -> None:
         self.unsubscribe()
+        self._retirer.sweep(force=True)
         for publisher in self._publishers.values():
             self.node.destroy_lifecycle_publisher(publisher)
         self._publishers = {}

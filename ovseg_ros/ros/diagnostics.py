@@ -8,12 +8,14 @@ input since the previous status; OK otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
-from ovseg_ros.ros.worker import StatsSnapshot
+from ovseg_ros.ros.worker import StatsSnapshot, combined
 
 INPUT_LOSS_WARN = 0.05  # share of the camera's frames lost in transport that warns
 INPUT_LOSS_HINT = 'see the README section "Large images and DDS"'
@@ -36,6 +38,57 @@ class NodeInfo:
     pending_version: int = 0  # 0: none
     pending_done: int = 0
     pending_total: int = 0  # 0: not known yet
+
+
+def node_info(
+    name: str,
+    state: str,
+    failure: str,
+    segmenter: Any,
+    parameter: Callable[[str], Any],
+    vocabulary_version: int,
+    pending: dict[str, int],
+) -> NodeInfo:
+    """The :class:`NodeInfo` of node ``name``: method, device and preset from ``segmenter``
+    while one is loaded, else from the parameters (``parameter(name)``); ``pending``: the
+    ``pending_*`` fields (:func:`ovseg_ros.ros.vocabulary_updater.pending_info`)."""
+    config = segmenter.config if segmenter is not None else None
+    vocabulary = segmenter.vocabulary if segmenter is not None else None
+    return NodeInfo(
+        name=f"{name}: segmentation",
+        state=state,
+        failure=failure,
+        configured=segmenter is not None,
+        method=config.method if config else str(parameter("method")),
+        device=str(config.device) if config else str(parameter("device")),
+        preset=config.preset if config else str(parameter("preset")),
+        vocabulary_version=vocabulary_version,
+        vocabulary_size=len(vocabulary) if vocabulary else 0,
+        **pending,
+    )
+
+
+def node_statuses(
+    info: NodeInfo,
+    cameras: list[str],
+    now: dict[str, StatsSnapshot],
+    previous: dict[str, StatsSnapshot],
+    elapsed_s: float,
+) -> list[DiagnosticStatus]:
+    """The node's status (counters summed over cameras), then in the multi-camera mode one
+    per named camera (``"<node>: camera <name>"``), judged like the node's on that camera's
+    counters alone: its rate, latency percentiles, drops and invalid frames."""
+    statuses = [segmentation_status(info, combined(now), combined(previous), elapsed_s)]
+    node = info.name.split(":")[0]
+    for key in cameras:
+        if key:  # the single camera's key is "": its status is the node's
+            camera = replace(info, name=f"{node}: camera {key}")
+            empty = StatsSnapshot()
+            status = segmentation_status(
+                camera, now.get(key, empty), previous.get(key, empty), elapsed_s
+            )
+            statuses.append(status)
+    return statuses
 
 
 def segmentation_status(
@@ -100,27 +153,6 @@ def segmentation_status(
         hardware_id=info.device,
         values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
     )
-
-
-def camera_statuses(
-    info: NodeInfo,
-    cameras: list[str],
-    now: dict[str, StatsSnapshot],
-    previous: dict[str, StatsSnapshot],
-    elapsed_s: float,
-) -> list[DiagnosticStatus]:
-    """One status per named camera (``"<node>: camera <name>"``), judged like the node's on
-    that camera's counters alone: its rate, latency percentiles, drops and invalid frames."""
-    node = info.name.split(":")[0]
-    return [
-        segmentation_status(
-            replace(info, name=f"{node}: camera {key}"),
-            now.get(key, StatsSnapshot()),
-            previous.get(key, StatsSnapshot()),
-            elapsed_s,
-        )
-        for key in cameras
-    ]
 
 
 def points_status(

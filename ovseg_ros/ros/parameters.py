@@ -285,6 +285,34 @@ def engine_values(node: Node) -> dict[str, Any]:
     return {name: value(node, name) for name in SegmenterConfig.field_names()}
 
 
+@dataclass(frozen=True)
+class NodeSettings:
+    """What configure reads: the engine config, the vocabulary, the cameras, frame settings."""
+
+    config: SegmenterConfig
+    classes: list[str]
+    cameras: list[str]  # camera keys; [""]: the single-camera mode
+    confidence_classes: list[str]
+    overlay_alpha: float
+    max_pixels: int
+
+
+def read_settings(node: Node) -> NodeSettings:
+    """The parameters configure reads, checked (``ValueError``/``TypeError`` names a bad one)."""
+    config = SegmenterConfig.from_dict(engine_values(node))
+    check_node_values(node)
+    classes = list(value(node, "classes") or [])
+    parse_entries(classes)
+    return NodeSettings(
+        config=config,
+        classes=classes,
+        cameras=camera_names(value(node, "cameras")) or [""],
+        confidence_classes=string_list(value(node, "confidence_classes"), ""),
+        overlay_alpha=float(value(node, "publish_overlay_alpha")),
+        max_pixels=int(value(node, "max_image_pixels")),
+    )
+
+
 @dataclass
 class Change:
     """An accepted set-parameters request, split by what applies it."""
@@ -293,6 +321,15 @@ class Change:
     confidence: list[str] | None = None
     overlay_alpha: float | None = None
     knobs: dict[str, Any] | None = None
+    points: PointsSettings | None = None  # new cloud settings, when any of them changed
+
+
+def check_request(node: Node, parameters: list[Parameter]) -> tuple[SetParametersResult, Change]:
+    """:func:`check_change` against the node's engine values, then the cloud parameters."""
+    result, change = check_change(parameters, engine_values(node))
+    if result.successful:
+        result, change.points = check_points_change(node, parameters)
+    return result, change
 
 
 def check_change(

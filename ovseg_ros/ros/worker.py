@@ -268,32 +268,27 @@ class Worker:
 
 
 class PendingChanges:
-    """Parameter changes accepted by the executor, applied by the worker between rounds."""
+    """Parameter changes accepted by the executor, applied by the worker between rounds.
+
+    (``classes`` changes go through :mod:`.vocabulary_updater`: they are encoded first.)
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._classes: list[str] | None = None
         self._confidence: list[str] | None = None
         self._knobs: dict[str, Any] = {}
 
-    def add(
-        self,
-        classes: list[str] | None = None,
-        confidence: list[str] | None = None,
-        knobs: dict[str, Any] | None = None,
-    ) -> bool:
+    def add(self, confidence: list[str] | None = None, knobs: dict[str, Any] | None = None) -> bool:
         """Queue changes (a later one replaces an earlier one); True if anything was queued."""
         with self._lock:
-            if classes is not None:
-                self._classes = classes
             if confidence is not None:
                 self._confidence = confidence
             self._knobs.update(knobs or {})
-        return classes is not None or confidence is not None or bool(knobs)
+        return confidence is not None or bool(knobs)
 
-    def take(self) -> tuple[list[str] | None, list[str] | None, dict[str, Any]]:
-        """``(classes, confidence_classes, engine knobs)`` queued so far, and forget them."""
+    def take(self) -> tuple[list[str] | None, dict[str, Any]]:
+        """``(confidence_classes, engine knobs)`` queued so far, and forget them."""
         with self._lock:
-            taken = (self._classes, self._confidence, self._knobs)
-            self._classes, self._confidence, self._knobs = None, None, {}
+            taken = (self._confidence, self._knobs)
+            self._confidence, self._knobs = None, {}
             return taken

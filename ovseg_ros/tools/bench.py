@@ -56,8 +56,12 @@ from ovseg_ros.tools.common import (
     EXIT_USAGE,
     UsageError,
     add_params_arguments,
+    add_sizes_argument,
+    add_weights_arguments,
     fmt,
+    positive_int,
     read_params,
+    size_arg,
 )
 
 SIZES = ("640x480", "1280x720")
@@ -247,23 +251,6 @@ def _gpu_name(plan: list[tuple[str, str]]) -> str:
 # --- command line --------------------------------------------------------------------------------
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
-    if width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return width, height
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ovseg-bench",
@@ -282,18 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: the params file's method, else all",
     )
-    add(
-        "--sizes",
-        nargs="+",
-        type=_parse_size,
-        default=None,
-        metavar="WxH",
-        help=f"frame sizes (default: {' '.join(SIZES)}; --quick and --components: 640x480)",
-    )
+    add_sizes_argument(parser, f"{' '.join(SIZES)}; --quick and --components: 640x480")
     add(
         "--classes",
         nargs="+",
-        type=_positive,
+        type=positive_int,
         default=None,
         metavar="N",
         help="vocabulary sizes (default: 5 20 100; --quick: 20)",
@@ -322,16 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Default: the params file's, else full",
     )
     add_params_arguments(parser)
-    add(
-        "--weights-cache-dir",
-        default="",
-        metavar="DIR",
-        help="Hugging Face hub cache holding the weights (default: HF_HUB_CACHE)",
-    )
-    add("--clip-weights", default="", metavar="FILE", help="local CLIP weights (full preset)")
-    add("--dino-weights", default="", metavar="FILE", help="local DINO weights (full preset)")
+    add_weights_arguments(parser)
     add("--warmup", type=int, default=None, help="untimed frames per configuration (default 3)")
-    add("--repeat", type=_positive, default=None, help="timed frames (default 10; --quick: 3)")
+    add("--repeat", type=positive_int, default=None, help="timed frames (default 10; --quick: 3)")
     add(
         "--json",
         metavar="PATH",
@@ -355,7 +328,7 @@ def _resolve_args(args: argparse.Namespace) -> list[tuple[str, str]]:
     args.methods = args.methods or ([args.base.method] if args.params else list(METHODS))
     args.preset = args.preset or args.base.preset
     one_size = args.quick or args.components
-    args.sizes = args.sizes or [_parse_size(s) for s in (SIZES[:1] if one_size else SIZES)]
+    args.sizes = args.sizes or [size_arg(s) for s in (SIZES[:1] if one_size else SIZES)]
     args.classes = args.classes or ([20] if args.quick else list(CLASS_COUNTS))
     if args.warmup is None:
         args.warmup = 1 if args.quick else 3

@@ -30,7 +30,14 @@ from ovseg_ros.segmentation.methods import METHODS
 from ovseg_ros.segmentation.segmenter import Segmenter, build_segmenter, check_device
 from ovseg_ros.segmentation.weights import WeightsNotFoundError
 from ovseg_ros.tools.bench_measure import StreamingTable, describe, warn
-from ovseg_ros.tools.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, fmt
+from ovseg_ros.tools.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    fmt,
+    positive_int,
+    size_arg,
+)
 
 FLAG = "--cameras"
 HEADER = ["method", "device", "dtype", "cameras", "size", "one by one fps", "batched fps"]
@@ -41,26 +48,6 @@ def is_cameras_mode(argv: list[str]) -> bool:
     return any(arg == FLAG or arg.startswith(f"{FLAG}=") for arg in argv)
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
-    if width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return width, height
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ovseg-bench --cameras",
@@ -68,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one by one (segment), per method and device.",
     )
     add = parser.add_argument
-    add(FLAG, nargs="+", type=_positive, required=True, metavar="N", help="camera counts")
+    add(FLAG, nargs="+", type=positive_int, required=True, metavar="N", help="camera counts")
     add("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     add(
         "--preset",
@@ -79,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
     add("--dtype", choices=DTYPES, default="fp32", help="backbone precision (default fp32)")
-    add("--size", type=_size, default=(640, 480), metavar="WxH", help="every camera's frame")
-    add("--repeat", type=_positive, default=3, help="timed rounds per camera count (default 3)")
+    add("--size", type=size_arg, default=(640, 480), metavar="WxH", help="every camera's frame")
+    add("--repeat", type=positive_int, default=3, help="timed rounds per camera count (default 3)")
     add("--json", metavar="PATH", help="also write the records as JSON to PATH")
     return parser
 

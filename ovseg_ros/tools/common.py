@@ -117,6 +117,54 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+# -- argument types ------------------------------------------------------------------------------
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    """argparse type: ``WIDTHxHEIGHT`` (e.g. ``640x480``) -> ``(width, height)``, both > 0."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
+    if width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return width, height
+
+
+def add_sizes_argument(parser: Any, default: str) -> None:
+    """``--sizes WxH [WxH ...]`` (None when not given); ``default`` says what is used then."""
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=size_arg,
+        default=None,
+        metavar="WxH",
+        help=f"frame sizes (default: {default})",
+    )
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 # -- params --------------------------------------------------------------------------------------
 
 
@@ -135,6 +183,34 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help=f"which node's parameters to read from --params (default: {DEFAULT_NODE}; "
         "/ns/name when the file has several)",
+    )
+
+
+def add_weights_arguments(parser: Any) -> None:
+    """``--weights-cache-dir``, ``--clip-weights``, ``--dino-weights`` (full preset)."""
+    parser.add_argument(
+        "--weights-cache-dir",
+        default="",
+        metavar="DIR",
+        help="Hugging Face hub cache holding the weights (full preset; default: HF_HUB_CACHE)",
+    )
+    parser.add_argument("--clip-weights", default="", metavar="FILE", help="local CLIP weights")
+    parser.add_argument("--dino-weights", default="", metavar="FILE", help="local DINO weights")
+
+
+def add_ray_arguments(parser: Any, what: str) -> None:
+    """``--ray [ADDRESS]`` and ``--actors N`` (a parser or an argument group); ``what``: the
+    work the actors share, for the help."""
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help=f"share {what} among Ray actors: no value starts a local Ray, 'auto' joins the "
+        "running cluster, or give the cluster address (pip install 'ovseg_ros[fleet]')",
+    )
+    parser.add_argument(
+        "--actors", type=int, help="Ray actors (default: one per GPU; CPUs / 2 without GPUs)"
     )
 
 

@@ -47,6 +47,7 @@ from ovseg_ros.tools.common import (
     UsageError,
     add_engine_arguments,
     add_params_arguments,
+    add_ray_arguments,
     fmt,
     markdown_table,
     read_params,
@@ -172,17 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", required=True, help="dataset root, e.g. /data/VOCdevkit/VOC2012")
     add_engine_arguments(parser)
     add_params_arguments(parser)
-    parser.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="shard the images over Ray actors: no value starts a local Ray, 'auto' joins "
-        "the running cluster (pip install 'ovseg_ros[fleet]')",
-    )
-    parser.add_argument(
-        "--actors", type=int, help="Ray actors (default: one per GPU; CPUs / 2 without GPUs)"
-    )
+    add_ray_arguments(parser, "the images")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images")
     parser.add_argument(
         "--output-dir", default=None, help="where metrics.json/.md go (default: ovseg_eval/...)"
@@ -255,6 +246,26 @@ def _prefetch(dataset: SegmentationDataset, count: int, depth: int = 2) -> Itera
                 future.cancel()
 
 
+def score_sample(
+    segmenter: Any, sample: Any, metric: SegmentationMetric, stages: dict[str, float]
+) -> float:
+    """Segment ``sample.image``, add the labels vs ``sample.gt`` [H, W] to ``metric`` and the
+    engine's stage timings to ``stages``; returns the seconds ``segment`` took."""
+    started = time.perf_counter()
+    result = segmenter.segment(sample.image)
+    seconds = time.perf_counter() - started
+    labels = np.asarray(result.labels)
+    if labels.shape != sample.gt.shape:
+        raise RuntimeError(
+            f"{sample.name}: predicted labels {labels.shape} do not match the image "
+            f"size {sample.gt.shape}"
+        )
+    metric.update(labels, sample.gt)
+    for stage, stage_s in (getattr(result, "timings", None) or {}).items():
+        stages[stage] = stages.get(stage, 0.0) + float(stage_s)
+    return seconds
+
+
 def evaluate(
     segmenter: Any,
     dataset: SegmentationDataset,
@@ -272,18 +283,7 @@ def evaluate(
     interrupted = False
     try:
         for sample in _prefetch(dataset, count):
-            t0 = time.perf_counter()
-            res = segmenter.segment(sample.image)
-            segment_s += time.perf_counter() - t0
-            labels = np.asarray(res.labels)
-            if labels.shape != sample.gt.shape:
-                raise RuntimeError(
-                    f"{sample.name}: predicted labels {labels.shape} do not match the image "
-                    f"size {sample.gt.shape}"
-                )
-            metric.update(labels, sample.gt)
-            for stage, seconds in (getattr(res, "timings", None) or {}).items():
-                stage_sums[stage] = stage_sums.get(stage, 0.0) + float(seconds)
+            segment_s += score_sample(segmenter, sample, metric, stage_sums)
             if bar is not None:
                 bar.update(1)
     except KeyboardInterrupt:
@@ -291,15 +291,22 @@ def evaluate(
     finally:
         if bar is not None:
             bar.close()
-    wall = time.perf_counter() - start
-    n = metric.num_images
-    timing = {
-        "wall_s": wall,
-        "frames_per_s": n / wall if wall > 0 and n else math.nan,
-        "segment_frames_per_s": n / segment_s if segment_s > 0 and n else math.nan,
-        "mean_stage_s": {k: v / n for k, v in stage_sums.items()} if n else {},
-    }
+    timing = run_timing(time.perf_counter() - start, metric.num_images, segment_s, stage_sums)
     return metric.compute(), timing, interrupted
+
+
+def run_timing(
+    wall_s: float, images: int, segment_s: float, stages: dict[str, float]
+) -> dict[str, Any]:
+    """The ``timing`` of a report: frames per second overall and in ``segment`` alone, and
+    the engine's mean seconds per stage, from the totals of ``images`` images."""
+    n = images
+    return {
+        "wall_s": wall_s,
+        "frames_per_s": n / wall_s if wall_s > 0 and n else math.nan,
+        "segment_frames_per_s": n / segment_s if segment_s > 0 and n else math.nan,
+        "mean_stage_s": {k: v / n for k, v in stages.items()} if n else {},
+    }
 
 
 def _default_output_dir(dataset: str, method: str) -> Path:

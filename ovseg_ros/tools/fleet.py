@@ -21,7 +21,6 @@ a single-process run (integer sums do not depend on the order).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -115,27 +114,14 @@ class SegmenterWorker:
 
     def evaluate(self, dataset: Any, indices: Sequence[int], boundary: bool) -> tuple:
         """Images ``indices`` of ``dataset`` -> (SegmentationMetric, stage seconds, segment s)."""
-        import numpy as np
-
         from ovseg_ros.evaluation.metrics import SegmentationMetric
+        from ovseg_ros.tools.evaluate import score_sample
 
         metric = SegmentationMetric(dataset.num_classes, boundary=boundary)
         stages: dict[str, float] = {}
         segment_s = 0.0
         for index in indices:
-            sample = dataset[index]
-            started = time.perf_counter()
-            result = self.segmenter.segment(sample.image)
-            segment_s += time.perf_counter() - started
-            labels = np.asarray(result.labels)
-            if labels.shape != sample.gt.shape:
-                raise RuntimeError(
-                    f"{sample.name}: predicted labels {labels.shape} do not match the image "
-                    f"size {sample.gt.shape}"
-                )
-            metric.update(labels, sample.gt)
-            for stage, seconds in (getattr(result, "timings", None) or {}).items():
-                stages[stage] = stages.get(stage, 0.0) + float(seconds)
+            segment_s += score_sample(self.segmenter, dataset[index], metric, stages)
         return metric, stages, segment_s
 
 
@@ -329,30 +315,10 @@ def replay_on_ray(
 # -- evaluate ---------------------------------------------------------------------------------
 
 
-def evaluate_on_ray(
-    config: Any,
-    dataset: Any,
-    *,
-    address: str | None,
-    actors: int | None,
-    limit: int | None = None,
-    boundary: bool = True,
-    show_progress: bool = True,
-) -> tuple[Any, dict[str, Any], bool]:
-    """``ovseg-evaluate``'s ``evaluate`` sharded over Ray actors: (metrics, timing, interrupted).
-
-    The confusion counts (and Boundary IoU counts) of all chunks are summed, so the metrics
-    equal a single-process run's. Every node must see the dataset at ``dataset.root``.
-    """
-    metric, timing, interrupted = evaluate_metric_on_ray(
-        config,
-        dataset,
-        address=address,
-        actors=actors,
-        limit=limit,
-        boundary=boundary,
-        show_progress=show_progress,
-    )
+def evaluate_on_ray(config: Any, dataset: Any, **options: Any) -> tuple[Any, dict[str, Any], bool]:
+    """:func:`evaluate_metric_on_ray` (same ``options``) with the metrics computed:
+    ``ovseg-evaluate``'s ``evaluate`` sharded over Ray actors, (metrics, timing, interrupted)."""
+    metric, timing, interrupted = evaluate_metric_on_ray(config, dataset, **options)
     return metric.compute(), timing, interrupted
 
 
@@ -366,7 +332,12 @@ def evaluate_metric_on_ray(
     boundary: bool = True,
     show_progress: bool = True,
 ) -> tuple[Any, dict[str, Any], bool]:
-    """As :func:`evaluate_on_ray`, with the summed ``SegmentationMetric`` itself."""
+    """The images (the first ``limit``) dealt to Ray actors in chunks: (the summed
+    ``SegmentationMetric``, timing, interrupted).
+
+    The confusion counts (and Boundary IoU counts) of all chunks are summed, so the metrics
+    equal a single-process run's. Every node must see the dataset at ``dataset.root``.
+    """
     from ovseg_ros.evaluation.metrics import SegmentationMetric
     from ovseg_ros.tools.replay_many import FrameProgress
 
@@ -413,15 +384,10 @@ def evaluate_metric_on_ray(
         progress.close()
         if started_here:
             ray.shutdown()
-    wall = time.perf_counter() - start
-    n = total.num_images
-    timing = {
-        "wall_s": wall,
-        "frames_per_s": n / wall if wall > 0 and n else math.nan,
-        "segment_frames_per_s": n / segment_s if segment_s > 0 and n else math.nan,
-        "mean_stage_s": {k: v / n for k, v in stage_sums.items()} if n else {},
-        "ray_actors": shape.count,
-    }
+    from ovseg_ros.tools.evaluate import run_timing
+
+    timing = run_timing(time.perf_counter() - start, total.num_images, segment_s, stage_sums)
+    timing["ray_actors"] = shape.count
     return total, timing, interrupted
 
 

@@ -37,7 +37,13 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ovseg_ros.tools.common import fmt, markdown_table
+from ovseg_ros.tools.common import (
+    add_sizes_argument,
+    add_weights_arguments,
+    fmt,
+    markdown_table,
+    positive_float,
+)
 from ovseg_ros.tools.node_bench_procs import (
     CAMERA_TOPIC,
     DIAGNOSTICS_PERIOD_S,
@@ -70,16 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: the node's (full: real weights)",
     )
-    add(
-        "--sizes",
-        nargs="+",
-        type=_parse_size,
-        default=None,
-        metavar="WxH",
-        help="frame sizes (default: 640x480)",
-    )
-    add("--rate", type=_positive_float, default=30.0, help="camera Hz (default 30)")
-    add("--duration", type=_positive_float, default=5.0, help="measured seconds per size")
+    add_sizes_argument(parser, "640x480")
+    add("--rate", type=positive_float, default=30.0, help="camera Hz (default 30)")
+    add("--duration", type=positive_float, default=5.0, help="measured seconds per size")
     add(
         "--qos",
         choices=("auto", "best_effort", "reliable"),
@@ -101,9 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="XML",
         help="Fast DDS profile for every process (e.g. config/fastdds_large_images.xml)",
     )
-    add("--weights-cache-dir", default="", metavar="DIR", help="for the node (full preset)")
-    add("--clip-weights", default="", metavar="FILE", help="for the node (full preset)")
-    add("--dino-weights", default="", metavar="FILE", help="for the node (full preset)")
+    add_weights_arguments(parser)  # passed to the node
     add("--json", metavar="PATH", help="write the records as JSON ('-': stdout)")
     return parser
 
@@ -111,23 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
 def is_node_mode(argv: list[str]) -> bool:
     """``ovseg-bench --node``: the node end to end over DDS instead of the engine alone."""
     return "--node" in argv
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
-    if width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return width, height
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def node_command() -> list[str]:

@@ -37,7 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from ovseg_ros.image_conversion import ImageConversionError, array_to_image_fields
+from ovseg_ros.image_conversion import (
+    MAX_IMAGE_PIXELS,
+    ImageConversionError,
+    array_to_image_fields,
+)
 from ovseg_ros.outputs import vocabulary_json
 from ovseg_ros.pipeline import (
     OutputPlan,
@@ -68,6 +72,7 @@ from ovseg_ros.tools.common import (
     UsageError,
     add_engine_arguments,
     add_params_arguments,
+    positive_int,
     read_params,
 )
 from ovseg_ros.tools.replay_points import (
@@ -118,6 +123,7 @@ class ReplayOptions:
     overwrite: bool = False
     limit: int | None = None  # segment at most this many frames
     depth: DepthOptions | None = None  # --depth-topic: also write points and camera_info
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS  # larger frames are skipped (None: no limit)
 
 
 @dataclass(frozen=True)
@@ -401,14 +407,10 @@ class _FrameProcessor:
         plan: OutputPlan,
         stats: ReplayStats,
         log: Callable[[str], None],
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> None:
-        self.segmenter, self.out, self.plan, self.stats, self.log = (
-            segmenter,
-            out,
-            plan,
-            stats,
-            log,
-        )
+        self.segmenter, self.out, self.plan = segmenter, out, plan
+        self.stats, self.log, self.max_pixels = stats, log, max_pixels
         self.vocabulary = segmenter.vocabulary
         self.aligner: DepthAligner | None = None  # with --depth-topic
 
@@ -426,9 +428,12 @@ class _FrameProcessor:
             self._skip("corrupt message", group, timestamp, None, f"cannot deserialize: {exc}")
             return
         try:
-            frame = process_frame(self.segmenter, msg, group.compressed, self.plan)
+            frame = process_frame(
+                self.segmenter, msg, group.compressed, self.plan, max_pixels=self.max_pixels
+            )
         except ImageConversionError as exc:
-            self._skip("undecodable image", group, timestamp, msg.header, str(exc))
+            reason = "larger than max_image_pixels" if exc.kind == "limit" else "undecodable image"
+            self._skip(reason, group, timestamp, msg.header, str(exc))
             return
         except ValueError as exc:
             self._skip("refused by the segmenter", group, timestamp, msg.header, str(exc))
@@ -534,7 +539,7 @@ def _replay_messages(
     output_plan = _output_plan(options, segmenter.vocabulary)
     groups = _add_groups(out, options, stats.plan, output_plan)
     copies = _add_copies(out, reader, stats) if options.copy_input else {}
-    processor = _FrameProcessor(segmenter, out, output_plan, stats, log)
+    processor = _FrameProcessor(segmenter, out, output_plan, stats, log, options.max_image_pixels)
     aligner = processor.aligner = (
         DepthAligner(options.depth, out.typestore) if options.depth is not None else None
     )
@@ -669,6 +674,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", choices=STORAGES, help="output storage (default: as input)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     parser.add_argument("--limit", type=int, help="segment only the first N frames")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=positive_int,
+        metavar="N",
+        help="skip (and report) frames of more than N pixels, refused before decoding "
+        f"(default: the params file's max_image_pixels, else {MAX_IMAGE_PIXELS}, 8K)",
+    )
     add_depth_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     from ovseg_ros.tools.replay_many import add_fleet_arguments
@@ -705,20 +717,25 @@ def _options(args: argparse.Namespace, params: dict[str, Any], vocabulary: Any) 
             raise ReplayError(
                 f"params file: publish_overlay_alpha must be a number: {exc}"
             ) from exc
+    as_given = ("input", "output", "namespace", "overlay", "copy_input", "storage", "overwrite")
     return ReplayOptions(
-        input=args.input,
-        output=args.output,
+        **{name: getattr(args, name) for name in (*as_given, "limit")},
         image_topics=tuple(args.image_topic),
-        namespace=args.namespace,
         confidence_classes=tuple(confidence),
-        overlay=args.overlay,
         overlay_alpha=alpha,
-        copy_input=args.copy_input,
-        storage=args.storage,
-        overwrite=args.overwrite,
-        limit=args.limit,
         depth=depth_options(args, params),
+        max_image_pixels=_max_image_pixels(args, params),
     )
+
+
+def _max_image_pixels(args: argparse.Namespace, params: dict[str, Any]) -> int:
+    """``--max-image-pixels``, else the params file's ``max_image_pixels``, else 8K."""
+    if args.max_image_pixels is not None:
+        return args.max_image_pixels
+    value = params.get("max_image_pixels", MAX_IMAGE_PIXELS)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ReplayError(f"params file: max_image_pixels must be an integer >= 1, got {value!r}")
+    return value
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ovseg_ros.tools.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+from ovseg_ros.tools.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    add_ray_arguments,
+)
 
 PROG = "ovseg-replay"
 SUFFIX = "_ovseg"
@@ -51,17 +58,7 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="label every BAG (a bag, a directory of bags or a glob) into DIR/<name>_ovseg",
     )
-    group.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="run on Ray: no value starts a local Ray, 'auto' joins the running cluster, "
-        "or give the cluster address",
-    )
-    group.add_argument(
-        "--actors", type=int, help="Ray actors (default: one per GPU; CPUs / 2 without GPUs)"
-    )
+    add_ray_arguments(group, "the bags (in time windows)")
     group.add_argument(
         "--retries", type=int, default=2, help="retries of a failed bag (default: 2)"
     )
