@@ -31,7 +31,8 @@ from bag_helpers import (
 from PIL import Image as PILImage
 
 from ovseg_ros.tools.bag_ranges import OrderedBagWriter, label_range, split_ranges
-from ovseg_ros.tools.replay import ReplayOptions, main
+from ovseg_ros.tools.replay import main
+from ovseg_ros.tools.replay_plan import ReplayOptions
 
 ray = pytest.importorskip("ray")
 torch = pytest.importorskip("torch")

@@ -29,7 +29,8 @@ from std_msgs.msg import String
 from ovseg_ros.ros.node import SegmentNode
 from ovseg_ros.ros.parameters import DEFAULT_CLASSES
 from ovseg_ros.segmentation import SegmenterConfig, build_segmenter
-from ovseg_ros.tools.replay import ReplayOptions, run_replay
+from ovseg_ros.tools.replay_core import run_replay
+from ovseg_ros.tools.replay_plan import ReplayOptions
 
 DOMAIN_ID = random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
 TINY = {"preset": "tiny", "device": "cpu", "templates": "single"}

@@ -125,6 +125,7 @@ class ReliabilityFollower:
         self._node, self._period = node, period_s
         self._lock = threading.Lock()
         self._timer = None
+        self._running = False
         self._setting = AUTO
         self._subscribers: Callable[[], list[Subscriber]] = list
         self.switches = 0  # subscriptions recreated since the node started (image, depth, info)
@@ -136,14 +137,19 @@ class ReliabilityFollower:
             for subscriber in subscribers():
                 for subscription, _ in subscriber.adaptive():
                     self._log_choice(subscription, "subscribed")
-            if self._timer is None:
+            if self._timer is not None and self._timer.callback_group is group:
+                self._timer.reset()
+            else:  # a new group (a new activation): a new timer; the old one stays cancelled
                 self._timer = self._node.create_timer(self._period, self.poll, callback_group=group)
+            self._running = True
 
     def stop(self) -> None:
+        # Cancelled, not destroyed: destroying a timer from a callback can make the
+        # multi-threaded executor's spin thread touch a destroyed handle (see .retire).
         with self._lock:
+            self._running = False
             if self._timer is not None:
-                self._node.destroy_timer(self._timer)
-                self._timer = None
+                self._timer.cancel()
 
     def adapts(self, topic: str) -> bool:
         """True if the subscription to the resolved ``topic`` follows its publishers."""
@@ -156,7 +162,7 @@ class ReliabilityFollower:
         """Recreate the subscriptions whose chosen reliability changed; how many were."""
         changed = 0
         with self._lock:
-            if self._timer is None:
+            if not self._running:
                 return 0  # stopped meanwhile
             for subscriber in self._subscribers():
                 subscriber.sweep()  # subscriptions replaced earlier: free them once it is safe

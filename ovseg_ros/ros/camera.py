@@ -183,9 +183,8 @@ class Camera:
         }
 
     def destroy(self) -> None:
-        """Everything of this camera; only once no executor spins the node."""
         self.unsubscribe()
-        self._retirer.sweep(force=True)
+        self._retirer.drain()
         for publisher in [*self._publishers.values(), *self._class_publishers.values()]:
             self.node.destroy_lifecycle_publisher(publisher)
         self._publishers, self._class_publishers = {}, {}

@@ -135,7 +135,7 @@ class DepthInput:
 
     def destroy(self) -> None:
         self.unsubscribe()
-        self._retirer.sweep(force=True)
+        self._retirer.drain()
         for publisher in self._publishers.values():
             self.node.destroy_lifecycle_publisher(publisher)
         self._publishers = {}

@@ -3,15 +3,17 @@
 rclpy (Jazzy 7.1) snapshots ``node.waitables`` before building its wait set, and when a
 waitable was destroyed in between it still calls ``add_to_wait_set`` on it, which raises
 ``InvalidHandle: cannot use Destroyable because destruction was requested`` in the executor's
-spin thread. A subscription's event handlers (incompatible QoS, ...) are such waitables, and
-with a ``MultiThreadedExecutor`` every callback (the QoS follower's timer, a lifecycle
-transition) runs while the spin thread is building or waiting on a wait set, so
-``Node.destroy_subscription`` from a callback can kill the executor. Subscriptions themselves
-are safe (the executor skips destroyed ones); only their event handlers are not.
+spin thread. A subscription's event handlers (incompatible QoS, ...) are such waitables. And
+after the wait, the executor's generator walks ``node.subscriptions`` calling
+``sub.handle.pointer``, suspended at every ready callback it yields: a subscription destroyed
+meanwhile raises the same error there. With a ``MultiThreadedExecutor`` every callback (the
+QoS follower's timer, a lifecycle transition) runs while the spin thread is in that code, so
+``Node.destroy_subscription`` from a callback can kill the executor.
 
-:class:`Retirer` detaches the handlers from the node at once (no new wait set includes them),
-destroys the subscription, and destroys the handlers only after :data:`GRACE_S`, long after
-any wait set built from an older snapshot has entered (and so protected) or skipped them.
+:class:`Retirer` removes the subscription and its handlers from the node at once (no callback
+after ``retire`` returns, no new wait set includes them) but keeps their handles valid, the
+subscription's by holding it in use as the executor itself does, and destroys them only after
+:data:`GRACE_S`, long after any executor pass that saw them has moved on.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import time
 from rclpy.node import Node
 from rclpy.subscription import Subscription
 
-GRACE_S = 2.0
+# An executor pass holds an entity for the time it takes to dispatch the callbacks ready with
+# it (milliseconds); a grace period a hundred times longer is still short enough to wait out.
+GRACE_S = 0.5
 
 
 class Retirer:
@@ -31,17 +35,19 @@ class Retirer:
     def __init__(self, node: Node, grace_s: float = GRACE_S) -> None:
         self._node, self._grace = node, grace_s
         self._lock = threading.Lock()
-        self._retired: list[tuple[float, list]] = []  # (retired at, event handlers)
+        # (retired at, subscription, its event handlers)
+        self._retired: list[tuple[float, Subscription, list]] = []
 
     def retire(self, subscription: Subscription) -> None:
-        """Stop ``subscription`` now (no more callbacks); free its event handlers later."""
+        """Stop ``subscription`` now (no more callbacks); free its handles later."""
         handlers = list(subscription.event_handlers)
         for handler in handlers:
             self._node.remove_waitable(handler)
         subscription.event_handlers = []  # destroy_subscription must not touch them
+        subscription.handle.__enter__()  # in use: destroy_subscription only requests it
         self._node.destroy_subscription(subscription)
         with self._lock:
-            self._retired.append((time.monotonic(), handlers))
+            self._retired.append((time.monotonic(), subscription, handlers))
         self.sweep()
 
     def sweep(self, force: bool = False) -> int:
@@ -49,14 +55,22 @@ class Retirer:
         for when no executor spins the node any more); how many subscriptions were freed."""
         now = time.monotonic()
         with self._lock:
-            due = [h for t, h in self._retired if force or now - t >= self._grace]
-            self._retired = [
-                (t, h) for t, h in self._retired if not (force or now - t >= self._grace)
-            ]
-        for handlers in due:
+            due = [r for r in self._retired if force or now - r[0] >= self._grace]
+            self._retired = [r for r in self._retired if r not in due]
+        for _, subscription, handlers in due:
+            subscription.handle.__exit__(None, None, None)  # the requested destruction happens
             for handler in handlers:
                 handler.destroy()
         return len(due)
+
+    def drain(self) -> None:
+        """Wait out the grace period of the last retired subscription, then free them all:
+        safe whether or not an executor still spins the node (at most ``GRACE_S``)."""
+        with self._lock:
+            last = max((r[0] for r in self._retired), default=None)
+        if last is not None:
+            time.sleep(max(0.0, last + self._grace - time.monotonic()))
+        self.sweep()
 
     @property
     def pending(self) -> int:

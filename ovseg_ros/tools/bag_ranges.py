@@ -1,7 +1,7 @@
 """One bag labelled in pieces: split it by bag time, label a piece into memory, write back in order.
 
 The fleet mode labels a large bag on several workers at once. Each worker runs the normal
-replay pass (:func:`ovseg_ros.tools.replay.replay_stream`) over one time window of the bag
+replay pass (:func:`ovseg_ros.tools.replay_core.replay_stream`) over one time window of the bag
 and collects what it would write, serialised, instead of writing a file; the driver writes
 the windows into ONE output bag in bag-time order. Windows partition the message stream by
 bag time, so the pieces put back together are what a single run writes: the same
@@ -152,10 +152,11 @@ class RangeOutput:
 def label_range(options: Any, segmenter: Any, frame_range: FrameRange) -> RangeOutput:
     """Label one window of ``options.input`` with ``segmenter``; nothing is written to disk.
 
-    ``options`` is a :class:`~ovseg_ros.tools.replay.ReplayOptions`; its ``output`` only
+    ``options`` is a :class:`~ovseg_ros.tools.replay_plan.ReplayOptions`; its ``output`` only
     names the result. Raises ``ReplayError`` for bad input, anything else for a failure.
     """
-    from ovseg_ros.tools.replay import ReplayError, replay_stream
+    from ovseg_ros.tools.replay_core import replay_stream
+    from ovseg_ros.tools.replay_plan import ReplayError
 
     started = time.perf_counter()
     try:

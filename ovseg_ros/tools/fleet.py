@@ -184,8 +184,8 @@ def replay_on_ray(
     """Label ``jobs`` (``replay_many.BagJob``) on Ray; fills ``reports``; returns run facts."""
     from ovseg_ros.tools.bag_io import BagError
     from ovseg_ros.tools.bag_ranges import OrderedBagWriter, split_ranges
-    from ovseg_ros.tools.replay import ReplayError
     from ovseg_ros.tools.replay_many import discard, fill_report, finalize
+    from ovseg_ros.tools.replay_plan import ReplayError
 
     ray, started_here = connect(args.ray)
     try:

@@ -19,51 +19,25 @@ Unlike the node, no frame is dropped. A frame that cannot be decoded is reported
 Ctrl-C stops the run and still leaves a valid, closed bag (exit code 130).
 
 Also ``python -m ovseg_ros.tools.replay``.
+
+This module is the command line (flags, params file, summary). The pass itself is
+:mod:`ovseg_ros.tools.replay_core`; options, checks and counters are in
+:mod:`ovseg_ros.tools.replay_plan`; the output bag's topics and frame writer in
+:mod:`ovseg_ros.tools.replay_output`.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import re
 import sys
-import time
 import traceback
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ovseg_ros.image_conversion import (
-    MAX_IMAGE_PIXELS,
-    ImageConversionError,
-    array_to_image_fields,
-)
-from ovseg_ros.outputs import vocabulary_json
-from ovseg_ros.pipeline import (
-    OutputPlan,
-    class_confidence_topics,
-    process_frame,
-    string_list,
-)
-from ovseg_ros.tools.bag_io import (
-    LATCHED_QOS,
-    RELIABLE_QOS,
-    STORAGES,
-    BagError,
-    bag_storage,
-    copy_connection,
-    looks_like_bag,
-    new_typestore,
-    open_reader,
-    open_writer,
-    remove_bag,
-    sigint_ignored,
-    stamp_ns,
-)
+from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS
+from ovseg_ros.pipeline import string_list
+from ovseg_ros.tools.bag_io import STORAGES
 from ovseg_ros.tools.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -75,517 +49,19 @@ from ovseg_ros.tools.common import (
     positive_int,
     read_params,
 )
-from ovseg_ros.tools.replay_points import (
-    DepthAligner,
-    DepthOptions,
-    PointsWriter,
-    add_depth_arguments,
-    check_depth_topics,
-    depth_options,
+from ovseg_ros.tools.replay_core import run_replay
+from ovseg_ros.tools.replay_plan import (
+    DEFAULT_NAMESPACE,
+    PROG,
+    ReplayAborted,
+    ReplayError,
+    ReplayOptions,
+    ReplayStats,
+    confidence_topics,
+    plan_replay,
+    stderr_log,
 )
-
-PROG = "ovseg-replay"
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
-STRING_TYPE = "std_msgs/msg/String"
-IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
-DEFAULT_NAMESPACE = "/ovseg"
-MAX_REPORTED_SKIPS = 20  # skipped frames reported one line each; the rest are counted
-
-_NAME_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class ReplayError(UsageError):
-    """Bad input the user can fix (missing bag, wrong topic, existing output): exit code 2."""
-
-
-class ReplayAborted(RuntimeError):
-    """An unexpected error stopped the run; the output bag was closed with what was written."""
-
-    def __init__(self, message: str, stats: ReplayStats) -> None:
-        super().__init__(message)
-        self.stats = stats
-
-
-@dataclass(frozen=True)
-class ReplayOptions:
-    """What to replay and where to write it (the segmenter is passed separately)."""
-
-    input: Path
-    output: Path
-    image_topics: tuple[str, ...] = ()  # empty: the bag's only image topic
-    namespace: str = DEFAULT_NAMESPACE
-    confidence_classes: tuple[str, ...] = ()  # names or synonyms in the vocabulary
-    overlay: bool = False
-    overlay_alpha: float = 0.5
-    copy_input: bool = True
-    storage: str | None = None  # None: same as the input bag
-    overwrite: bool = False
-    limit: int | None = None  # segment at most this many frames
-    depth: DepthOptions | None = None  # --depth-topic: also write points and camera_info
-    max_image_pixels: int | None = MAX_IMAGE_PIXELS  # larger frames are skipped (None: no limit)
-
-
-@dataclass(frozen=True)
-class ReplayPlan:
-    """The checked inputs of a run: storage plugins, image topics and their frame counts."""
-
-    input_storage: str
-    output_storage: str
-    image_topics: dict[str, str]  # topic -> message type
-    total_frames: int  # frames that will be read (after --limit)
-
-
-@dataclass
-class ReplayStats:
-    """Counters of a run; passed to ``on_frame`` after every input frame."""
-
-    input: Path
-    output: Path
-    plan: ReplayPlan
-    frames_in: int = 0  # image messages read (segmented or skipped)
-    frames_out: int = 0  # frames segmented and written
-    skipped: Counter[str] = field(default_factory=Counter)  # reason -> frames
-    skip_lines: list[str] = field(default_factory=list)  # the first MAX_REPORTED_SKIPS
-    topics: dict[str, str] = field(default_factory=dict)  # output topic -> type (written ones)
-    counts: Counter[str] = field(default_factory=Counter)  # output topic -> messages
-    copied_topics: list[str] = field(default_factory=list)
-    not_copied: dict[str, str] = field(default_factory=dict)  # input topic -> why
-    clouds: dict[str, int] = field(default_factory=dict)  # PointsStage.counters() (--depth-topic)
-    interrupted: bool = False
-    elapsed_s: float = 0.0
-
-    @property
-    def frames_total(self) -> int:
-        return self.plan.total_frames
-
-    @property
-    def frames_skipped(self) -> int:
-        return sum(self.skipped.values())
-
-    @property
-    def fps(self) -> float:
-        return self.frames_out / self.elapsed_s if self.elapsed_s > 0 else math.nan
-
-
-# -- names ---------------------------------------------------------------------------------------
-
-
-def normalize_namespace(namespace: str) -> str:
-    """``"ovseg"``, ``"/ovseg/"`` -> ``"/ovseg"``; ``"/"`` -> ``""`` (topics at the root)."""
-    stripped = namespace.strip().strip("/")
-    if not stripped:
-        return ""
-    tokens = stripped.split("/")
-    for token in tokens:
-        if not _NAME_TOKEN.fullmatch(token):
-            raise ReplayError(
-                f"invalid namespace {namespace!r}: each part must be letters, digits or '_' "
-                "and not start with a digit"
-            )
-    return "".join(f"/{token}" for token in tokens)
-
-
-def _absolute(topic: str) -> str:
-    topic = topic.strip()
-    return topic if topic.startswith("/") else f"/{topic}"
-
-
-def confidence_topics(vocabulary: Any, names: Sequence[str]) -> dict[str, int]:
-    """``{"confidence/<class>": entry index}``, named as the node names them
-    (:func:`ovseg_ros.pipeline.class_confidence_topics`); a name not in the vocabulary is a
-    :class:`ReplayError`."""
-    topics, missing = class_confidence_topics(vocabulary, names)
-    if missing:
-        raise ReplayError(
-            f"confidence class {missing[0]!r} is not in the vocabulary: "
-            f"{', '.join(vocabulary.names)}"
-        )
-    return topics
-
-
-# -- planning ------------------------------------------------------------------------------------
-
-
-def _image_topics_of(reader: Any) -> dict[str, str]:
-    return {c.topic: c.msgtype for c in reader.connections if c.msgtype in IMAGE_TYPES}
-
-
-def _select_image_topics(reader: Any, requested: Sequence[str]) -> dict[str, str]:
-    """The image topics to segment: the requested ones (checked), else the only one."""
-    available = _image_topics_of(reader)
-    listing = ", ".join(f"{t} ({m.rsplit('/', 1)[-1]})" for t, m in sorted(available.items()))
-    if not requested:
-        if len(available) == 1:
-            return available
-        if not available:
-            topics = ", ".join(sorted({c.topic for c in reader.connections})) or "none"
-            raise ReplayError(f"the bag has no Image or CompressedImage topic (topics: {topics})")
-        raise ReplayError(f"the bag has several image topics; choose with --image-topic: {listing}")
-    types = {c.topic: c.msgtype for c in reader.connections}
-    selected: dict[str, str] = {}
-    for topic in dict.fromkeys(_absolute(t) for t in requested):
-        if topic not in types:
-            raise ReplayError(f"topic {topic} is not in the bag; image topics: {listing or 'none'}")
-        if types[topic] not in IMAGE_TYPES:
-            raise ReplayError(
-                f"topic {topic} is {types[topic]}, not an Image or CompressedImage; "
-                f"image topics: {listing or 'none'}"
-            )
-        selected[topic] = types[topic]
-    return selected
-
-
-def _check_output(options: ReplayOptions) -> None:
-    """Refuse an output that is, holds or is inside the input, or exists without --overwrite."""
-    source, target = options.input.expanduser().resolve(), options.output.expanduser().resolve()
-    if source == target or target in source.parents or source in target.parents:
-        raise ReplayError(f"output {options.output} would overwrite the input bag {options.input}")
-    if options.output.exists() or options.output.is_symlink():
-        if not options.overwrite:
-            raise ReplayError(
-                f"output {options.output} exists already; use --overwrite to replace it"
-            )
-        if not looks_like_bag(options.output):
-            raise ReplayError(
-                f"output {options.output} exists and is not a rosbag2 bag; not replacing it"
-            )
-
-
-def _plan(reader: Any, options: ReplayOptions) -> ReplayPlan:
-    if options.limit is not None and options.limit < 1:
-        raise ReplayError("--limit must be >= 1")
-    if options.storage is not None and options.storage not in STORAGES:
-        raise ReplayError(f"--storage must be one of {', '.join(STORAGES)}")
-    if not 0.0 <= options.overlay_alpha <= 1.0:
-        raise ReplayError(f"overlay alpha must be in [0, 1], got {options.overlay_alpha}")
-    normalize_namespace(options.namespace)
-    _check_output(options)
-    try:
-        input_storage = bag_storage(options.input)
-    except BagError as exc:
-        raise ReplayError(str(exc)) from exc
-    image_topics = _select_image_topics(reader, options.image_topics)
-    if options.depth is not None:
-        try:
-            check_depth_topics(reader, options.depth, image_topics)
-        except UsageError as exc:
-            raise ReplayError(str(exc)) from None
-    total = sum(c.msgcount for c in reader.connections if c.topic in image_topics)
-    if options.limit is not None:
-        total = min(total, options.limit)
-    return ReplayPlan(input_storage, options.storage or input_storage, image_topics, total)
-
-
-def plan_replay(options: ReplayOptions) -> ReplayPlan:
-    """Check the input bag, the image topics and the output path without loading any model."""
-    reader = _open(options.input)
-    try:
-        return _plan(reader, options)
-    finally:
-        reader.close()
-
-
-def _open(path: Path) -> Any:
-    try:
-        return open_reader(path)
-    except BagError as exc:
-        raise ReplayError(str(exc)) from exc
-
-
-# -- output bag ----------------------------------------------------------------------------------
-
-
-@dataclass
-class _Group:
-    """The output topics of one image topic: pipeline output suffix -> connection."""
-
-    image_topic: str
-    compressed: bool
-    vocabulary: Any
-    connections: dict[str, Any]
-    vocabulary_written: bool = False
-    points: PointsWriter | None = None  # with --depth-topic
-
-
-class _OutputBag:
-    """Adds connections and serializes typestore messages into an open writer, counting them."""
-
-    def __init__(self, writer: Any, typestore: Any, stats: ReplayStats) -> None:
-        self.writer, self.typestore, self.stats = writer, typestore, stats
-        self._image = typestore.types[IMAGE_TYPE]
-        self._string = typestore.types[STRING_TYPE]
-
-    def add(self, topic: str, msgtype: str, qos: Any) -> Any:
-        connection = self.writer.add_connection(
-            topic, msgtype, typestore=self.typestore, offered_qos_profiles=[qos]
-        )
-        self.stats.topics[topic] = msgtype
-        self.stats.counts[topic] += 0
-        return connection
-
-    def write_raw(self, connection: Any, timestamp: int, data: bytes | memoryview) -> None:
-        self.writer.write(connection, timestamp, data)
-
-    def write_image(
-        self, connection: Any, timestamp: int, header: Any, array: np.ndarray, encoding: str
-    ) -> None:
-        """Serialise an Image with the fields the node publishes (identical CDR bytes)."""
-        fields = array_to_image_fields(array, encoding)
-        fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8)
-        self._write(connection, timestamp, self._image(header=header, **fields), IMAGE_TYPE)
-
-    def write_string(self, connection: Any, timestamp: int, text: str) -> None:
-        self._write(connection, timestamp, self._string(data=text), STRING_TYPE)
-
-    def _write(self, connection: Any, timestamp: int, msg: Any, msgtype: str) -> None:
-        self.writer.write(connection, timestamp, self.typestore.serialize_cdr(msg, msgtype))
-        self.stats.counts[connection.topic] += 1
-
-
-def _output_plan(options: ReplayOptions, vocabulary: Any) -> OutputPlan:
-    return OutputPlan(
-        class_topics=confidence_topics(vocabulary, options.confidence_classes),
-        overlay_alpha=options.overlay_alpha if options.overlay else None,
-    )
-
-
-def _add_groups(
-    out: _OutputBag, options: ReplayOptions, plan: ReplayPlan, output_plan: OutputPlan
-) -> dict[str, _Group]:
-    namespace = normalize_namespace(options.namespace)
-    suffixes = ["labels", "confidence", *output_plan.class_topics]
-    if output_plan.overlay_alpha is not None:
-        suffixes.append("overlay")
-    groups: dict[str, _Group] = {}
-    for topic, msgtype in plan.image_topics.items():
-        prefix = namespace if len(plan.image_topics) == 1 else f"{namespace}{topic}"
-        groups[topic] = _Group(
-            image_topic=topic,
-            compressed=msgtype == COMPRESSED_TYPE,
-            vocabulary=out.add(f"{prefix}/vocabulary", STRING_TYPE, LATCHED_QOS),
-            connections={s: out.add(f"{prefix}/{s}", IMAGE_TYPE, RELIABLE_QOS) for s in suffixes},
-            points=PointsWriter(out, prefix) if options.depth is not None else None,
-        )
-    return groups
-
-
-def _add_copies(out: _OutputBag, reader: Any, stats: ReplayStats) -> dict[int, Any]:
-    """Copy every input connection (input id -> output connection), except name clashes."""
-    copies: dict[int, Any] = {}
-    added: dict[tuple[str, str, str], Any] = {}
-    for connection in reader.connections:
-        if connection.topic in stats.topics:
-            stats.not_copied[connection.topic] = "an output topic has the same name"
-            continue
-        key = (connection.topic, connection.msgtype, repr(connection.ext))
-        if key not in added:
-            try:
-                added[key] = copy_connection(out.writer, connection, out.typestore)
-            except BagError as exc:
-                stats.not_copied[connection.topic] = str(exc)
-                continue
-        copies[connection.id] = added[key]
-    stats.copied_topics = sorted({c.topic for c in added.values()})
-    return copies
-
-
-# -- frames --------------------------------------------------------------------------------------
-
-
-def _ns_text(ns: int) -> str:
-    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
-
-
-class _FrameProcessor:
-    """Decodes, segments and writes one input frame, or reports why it was skipped."""
-
-    def __init__(
-        self,
-        segmenter: Any,
-        out: _OutputBag,
-        plan: OutputPlan,
-        stats: ReplayStats,
-        log: Callable[[str], None],
-        max_pixels: int | None = MAX_IMAGE_PIXELS,
-    ) -> None:
-        self.segmenter, self.out, self.plan = segmenter, out, plan
-        self.stats, self.log, self.max_pixels = stats, log, max_pixels
-        self.vocabulary = segmenter.vocabulary
-        self.aligner: DepthAligner | None = None  # with --depth-topic
-
-    def process(self, group: _Group, timestamp: int, raw: bytes | memoryview, msgtype: str) -> None:
-        out = self.out
-        if not group.vocabulary_written:  # latched: once, before the first labels
-            # One version for the whole run, valid from the start (as the node's version at
-            # activation).
-            text = vocabulary_json(self.vocabulary, {"": 0})
-            out.write_string(group.vocabulary, timestamp, text)
-            group.vocabulary_written = True
-        try:
-            msg = out.typestore.deserialize_cdr(raw, msgtype)
-        except Exception as exc:  # any parse failure of a corrupt message
-            self._skip("corrupt message", group, timestamp, None, f"cannot deserialize: {exc}")
-            return
-        try:
-            frame = process_frame(
-                self.segmenter, msg, group.compressed, self.plan, max_pixels=self.max_pixels
-            )
-        except ImageConversionError as exc:
-            reason = "larger than max_image_pixels" if exc.kind == "limit" else "undecodable image"
-            self._skip(reason, group, timestamp, msg.header, str(exc))
-            return
-        except ValueError as exc:
-            self._skip("refused by the segmenter", group, timestamp, msg.header, str(exc))
-            return
-        for output in frame.outputs:
-            connection = group.connections[output.suffix]
-            out.write_image(connection, timestamp, msg.header, output.array, output.encoding)
-        if group.points is not None and self.aligner is not None:
-            device = getattr(self.segmenter, "device", "cpu")
-            outputs, warnings = self.aligner.stage.outputs(
-                msg.header, frame.rgb, frame.result, device
-            )
-            group.points.write(timestamp, msg.header, outputs)
-            for warning in warnings:
-                self.log(
-                    f"{group.image_topic} at {_ns_text(stamp_ns(msg.header.stamp))}: {warning}"
-                )
-        self.stats.frames_out += 1
-
-    def _skip(self, reason: str, group: _Group, timestamp: int, header: Any, detail: str) -> None:
-        stats = self.stats
-        stats.skipped[reason] += 1
-        if len(stats.skip_lines) >= MAX_REPORTED_SKIPS:
-            return
-        where = f"bag time {_ns_text(timestamp)}"
-        if header is not None:
-            where += f", stamp {_ns_text(stamp_ns(header.stamp))}, frame_id {header.frame_id!r}"
-        line = f"skipped frame {stats.frames_in} of {group.image_topic} ({where}): {detail}"
-        stats.skip_lines.append(line)
-        self.log(line)
-
-
-# -- the run -------------------------------------------------------------------------------------
-
-
-def _stderr_log(line: str) -> None:
-    print(f"{PROG}: {line}", file=sys.stderr, flush=True)
-
-
-def run_replay(
-    options: ReplayOptions,
-    segmenter: Any,
-    *,
-    on_frame: Callable[[ReplayStats], None] | None = None,
-    log: Callable[[str], None] | None = None,
-) -> ReplayStats:
-    """Segment every frame of ``options.image_topics`` with ``segmenter`` into a new bag.
-
-    ``segmenter`` needs its vocabulary set. ``on_frame(stats)`` runs after every input frame
-    (segmented or skipped). Raises :class:`ReplayError` for bad input before anything is
-    written. Ctrl-C (``KeyboardInterrupt``, also from ``on_frame``) ends the run with a valid,
-    closed bag and ``stats.interrupted``; any other error closes the bag too and is raised as
-    :class:`ReplayAborted` (with the stats) from the original exception.
-    """
-    if segmenter.vocabulary is None:
-        raise ReplayError("the segmenter has no vocabulary: call set_vocabulary() first")
-    log = log or _stderr_log
-    reader = _open(options.input)
-    try:
-        plan = _plan(reader, options)
-        stats = ReplayStats(input=options.input, output=options.output, plan=plan)
-        # Validate the per-class topics before touching the output.
-        confidence_topics(segmenter.vocabulary, options.confidence_classes)
-        if options.output.exists() or options.output.is_symlink():
-            try:
-                remove_bag(options.output)
-            except (BagError, OSError) as exc:
-                raise ReplayError(f"cannot replace {options.output}: {exc}") from exc
-        try:
-            writer = open_writer(options.output, plan.output_storage)
-        except BagError as exc:
-            raise ReplayError(str(exc)) from exc
-        started = time.perf_counter()
-        failure: BaseException | None = None
-        try:
-            _replay_messages(reader, writer, segmenter, options, stats, on_frame, log)
-        except KeyboardInterrupt:
-            stats.interrupted = True
-        except Exception as exc:  # close the bag first, then report
-            failure = exc
-        finally:
-            with sigint_ignored():  # a second Ctrl-C must not leave a half-closed bag
-                writer.close()
-            stats.elapsed_s = time.perf_counter() - started
-    finally:
-        reader.close()
-    if failure is not None:
-        raise ReplayAborted(f"{type(failure).__name__}: {failure}", stats) from failure
-    return stats
-
-
-def _replay_messages(
-    reader: Any,
-    writer: Any,
-    segmenter: Any,
-    options: ReplayOptions,
-    stats: ReplayStats,
-    on_frame: Callable[[ReplayStats], None] | None,
-    log: Callable[[str], None],
-) -> None:
-    """One pass over the input in time order: copy messages, segment image frames."""
-    out = _OutputBag(writer, new_typestore(), stats)
-    output_plan = _output_plan(options, segmenter.vocabulary)
-    groups = _add_groups(out, options, stats.plan, output_plan)
-    copies = _add_copies(out, reader, stats) if options.copy_input else {}
-    processor = _FrameProcessor(segmenter, out, output_plan, stats, log, options.max_image_pixels)
-    aligner = processor.aligner = (
-        DepthAligner(options.depth, out.typestore) if options.depth is not None else None
-    )
-    image_connections = [
-        c for c in reader.connections if c.topic in groups or (aligner and aligner.accepts(c.topic))
-    ]
-    wanted = list(reader.connections) if options.copy_input else image_connections
-
-    def process(frame: tuple) -> None:
-        processor.process(*frame)
-        if on_frame is not None:
-            on_frame(stats)
-
-    for connection, timestamp, raw in reader.messages(connections=wanted):
-        copy = copies.get(connection.id)
-        if copy is not None:
-            out.write_raw(copy, timestamp, raw)
-        if aligner is not None and aligner.accepts(connection.topic):
-            for frame in aligner.push(connection.topic, raw, connection.msgtype):
-                process(frame)
-            continue
-        group = groups.get(connection.topic)
-        if group is None:
-            continue
-        stats.frames_in += 1
-        frame = (group, timestamp, raw, connection.msgtype)
-        if aligner is None:
-            process(frame)
-        else:  # wait for the depth partner (a bag may hold it after the color frame)
-            for ready in aligner.defer(_color_stamp(out.typestore, raw, connection.msgtype), frame):
-                process(ready)
-        if options.limit is not None and stats.frames_in >= options.limit:
-            break
-    if aligner is not None:
-        for frame in aligner.drain():
-            process(frame)
-        stats.clouds = aligner.stage.counters()
-
-
-def _color_stamp(typestore: Any, raw: bytes | memoryview, msgtype: str) -> int:
-    """The header stamp of an image message (0 if it cannot be read: it is skipped later)."""
-    try:
-        return stamp_ns(typestore.deserialize_cdr(raw, msgtype).header.stamp)
-    except Exception:  # a corrupt message is reported when it is processed
-        return 0
-
+from ovseg_ros.tools.replay_points import add_depth_arguments, depth_options
 
 # -- reporting -----------------------------------------------------------------------------------
 
@@ -708,7 +184,7 @@ def _options(args: argparse.Namespace, params: dict[str, Any], vocabulary: Any) 
                 vocabulary.index(name)
                 confidence.append(name)
             except KeyError:
-                _stderr_log(f"warning: params file confidence class {name!r} not in --classes")
+                stderr_log(f"warning: params file confidence class {name!r} not in --classes")
     alpha = args.overlay_alpha
     if alpha is None:
         try:
@@ -738,7 +214,19 @@ def _max_image_pixels(args: argparse.Namespace, params: dict[str, Any]) -> int:
     return value
 
 
-def _run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class ReplaySettings:
+    """The flags and params file of a run, checked before any model loads."""
+
+    config: Any  # SegmenterConfig (unresolved)
+    classes: list[str]
+    vocabulary: Any  # Vocabulary of ``classes`` (version 0), to check names against
+    options: ReplayOptions
+
+
+def read_settings(args: argparse.Namespace) -> ReplaySettings:
+    """Engine config, classes and :class:`ReplayOptions` from the parsed flags and params file;
+    bad classes or params values are a :class:`ReplayError`. Shared by the multi-bag mode."""
     flags = {"method": args.method, "preset": args.preset, "device": args.device}
     loaded = read_params(args.params, args.params_node, flags)
     params, config = loaded.node, loaded.config
@@ -751,20 +239,26 @@ def _run(args: argparse.Namespace) -> int:
         draft = build_vocabulary(classes, version=0)  # validates before the models load
     except ValueError as exc:
         raise ReplayError(f"invalid classes: {exc}") from exc
-    options = _options(args, params, draft)
+    return ReplaySettings(config, list(classes), draft, _options(args, params, draft))
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = read_settings(args)
+    options = settings.options
     plan = plan_replay(options)  # fails fast on a bad bag, topic or output path
-    confidence_topics(draft, options.confidence_classes)
+    confidence_topics(settings.vocabulary, options.confidence_classes)
 
     from ovseg_ros.segmentation import WeightsNotFoundError, build_segmenter
 
-    resolved = config.resolved()
-    _stderr_log(
+    resolved = settings.config.resolved()
+    stderr_log(
         f"loading {resolved.method} ({resolved.preset}) on {resolved.device}; "
-        f"{len(draft)} classes; {plan.total_frames} frames from " + ", ".join(plan.image_topics)
+        f"{len(settings.vocabulary)} classes; {plan.total_frames} frames from "
+        + ", ".join(plan.image_topics)
     )
     try:
         segmenter = build_segmenter(resolved)
-        segmenter.set_vocabulary(classes)
+        segmenter.set_vocabulary(settings.classes)
     except WeightsNotFoundError as exc:
         raise ReplayError(str(exc)) from exc
     except ValueError as exc:  # e.g. cuda requested on a machine without it
@@ -787,7 +281,7 @@ def _run(args: argparse.Namespace) -> int:
             progress.close()
         traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
         print(format_summary(exc.stats))
-        _stderr_log(
+        stderr_log(
             f"error: {exc}; {exc.stats.output} was closed with the {exc.stats.frames_out} "
             "frames segmented before the error"
         )
@@ -796,10 +290,10 @@ def _run(args: argparse.Namespace) -> int:
         progress.close()
     print(format_summary(stats))
     if stats.interrupted:
-        _stderr_log(f"interrupted: {stats.output} is closed with {stats.frames_out} frames")
+        stderr_log(f"interrupted: {stats.output} is closed with {stats.frames_out} frames")
         return EXIT_INTERRUPTED
     if stats.frames_in and not stats.frames_out:
-        _stderr_log("error: no frame could be segmented (see the skipped frames above)")
+        stderr_log("error: no frame could be segmented (see the skipped frames above)")
         return EXIT_FAILED
     return 0
 
@@ -818,39 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except UsageError as exc:  # ReplayError and params-file problems
-        _stderr_log(f"error: {exc}")
+        stderr_log(f"error: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        _stderr_log("interrupted before any output was written")
+        stderr_log("interrupted before any output was written")
         return EXIT_INTERRUPTED
-
-
-def replay_stream(
-    reader: Any,
-    writer: Any,
-    options: ReplayOptions,
-    segmenter: Any,
-    *,
-    log: Callable[[str], None] | None = None,
-) -> ReplayStats:
-    """The pass of :func:`run_replay` from an open reader into an open writer (neither closed).
-
-    For callers that choose what is read and where it goes: the fleet mode
-    (``ovseg_ros.tools.bag_ranges``) passes a reader limited to one time window of the bag
-    and a writer that collects the serialised messages in memory. Raises :class:`ReplayError`
-    for bad input; other errors propagate unchanged.
-    """
-    if segmenter.vocabulary is None:
-        raise ReplayError("the segmenter has no vocabulary: call set_vocabulary() first")
-    plan = _plan(reader, options)
-    stats = ReplayStats(input=options.input, output=options.output, plan=plan)
-    confidence_topics(segmenter.vocabulary, options.confidence_classes)
-    started = time.perf_counter()
-    try:
-        _replay_messages(reader, writer, segmenter, options, stats, None, log or _stderr_log)
-    finally:
-        stats.elapsed_s = time.perf_counter() - started
-    return stats
 
 
 if __name__ == "__main__":

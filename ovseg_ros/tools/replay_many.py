@@ -271,32 +271,21 @@ class Prepared:
 
 def prepare(args: argparse.Namespace) -> Prepared:
     """Flags and params file -> settings, as a single ``ovseg-replay`` run reads them."""
-    from ovseg_ros.segmentation.vocabulary import build_vocabulary
-    from ovseg_ros.tools import replay
-    from ovseg_ros.tools.common import read_params
+    from ovseg_ros.tools.replay import read_settings
+    from ovseg_ros.tools.replay_plan import confidence_topics
 
-    flags = {"method": args.method, "preset": args.preset, "device": args.device}
-    loaded = read_params(args.params, args.params_node, flags)
-    params, config = loaded.node, loaded.config
-    classes = args.classes or replay._string_list(params.get("classes"), "classes")
-    if not classes:
-        raise replay.ReplayError("no classes: give --classes, or --params with a 'classes' list")
-    try:
-        draft = build_vocabulary(classes, version=0)
-    except ValueError as exc:
-        raise replay.ReplayError(f"invalid classes: {exc}") from exc
     # input/output are set per bag; the template holds everything else.
     per_bag = argparse.Namespace(**{**vars(args), "input": Path(), "output": Path()})
-    options = replay._options(per_bag, params, draft)
-    replay.confidence_topics(draft, options.confidence_classes)
-    return Prepared(config, list(classes), options)
+    settings = read_settings(per_bag)
+    confidence_topics(settings.vocabulary, settings.options.confidence_classes)
+    return Prepared(settings.config, settings.classes, settings.options)
 
 
 def plan_jobs(
     jobs: Sequence[BagJob], prepared: Prepared, overwrite: bool, reports: dict[str, BagReport]
 ) -> list[BagJob]:
     """The jobs to run: complete outputs are skipped, unreadable bags fail here."""
-    from ovseg_ros.tools.replay import ReplayError, plan_replay
+    from ovseg_ros.tools.replay_plan import ReplayError, plan_replay
 
     todo = []
     for job in jobs:
@@ -320,7 +309,7 @@ def plan_jobs(
 
 def run_many(args: argparse.Namespace) -> int:
     """The many-bags mode of ``ovseg-replay``; returns the exit status."""
-    from ovseg_ros.tools.replay import ReplayError
+    from ovseg_ros.tools.replay_plan import ReplayError
 
     try:
         return _run_many(args)
@@ -410,7 +399,7 @@ def _run_many(args: argparse.Namespace) -> int:
 def build_segmenter_for(prepared: Prepared) -> Any:
     """The segmenter with the run's vocabulary (``ReplayError`` for missing weights etc.)."""
     from ovseg_ros.segmentation import WeightsNotFoundError, build_segmenter
-    from ovseg_ros.tools.replay import ReplayError
+    from ovseg_ros.tools.replay_plan import ReplayError
 
     try:
         segmenter = build_segmenter(prepared.config.resolved())
@@ -429,7 +418,8 @@ def _replay_here(
     finished: Callable[[BagJob], None],
 ) -> None:
     """One process, one model: the bags one after the other with ``run_replay``."""
-    from ovseg_ros.tools.replay import ReplayAborted, ReplayError, run_replay
+    from ovseg_ros.tools.replay_core import run_replay
+    from ovseg_ros.tools.replay_plan import ReplayAborted, ReplayError
 
     segmenter = build_segmenter_for(prepared)
     for job in todo:
