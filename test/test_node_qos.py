@@ -265,6 +265,7 @@ def test_resubscribing_while_frames_flow_keeps_the_executor_alive(context, peer)
         publisher = camera.create_publisher(Image, topic, RELIABLE)
         assert wait_until(lambda: policy(node) == R, 10)
         stream = Stream(publisher, period_s=0.001)  # many wake-ups: many wait sets built
+        node.qos_follower.stop()  # this thread plays the follower (one renewer at a time)
         pause = random.Random(0)
         for _ in range(1500):
             node.cameras[0].resubscribe()  # what the follower does on a switch, from a thread

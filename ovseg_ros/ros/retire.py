@@ -25,8 +25,10 @@ from rclpy.node import Node
 from rclpy.subscription import Subscription
 
 # An executor pass holds an entity for the time it takes to dispatch the callbacks ready with
-# it (milliseconds); a grace period a hundred times longer is still short enough to wait out.
-GRACE_S = 0.5
+# it, and a take already queued in its thread pool runs once a pool thread is free: both take
+# milliseconds, far more on an overloaded CPU. 0.5 s was seen exceeded on a 2-core box at
+# load 4; 1 s is still short enough for ``drain`` to wait out at node shutdown.
+GRACE_S = 1.0
 
 
 class Retirer:
@@ -55,8 +57,10 @@ class Retirer:
         for when no executor spins the node any more); how many subscriptions were freed."""
         now = time.monotonic()
         with self._lock:
-            due = [r for r in self._retired if force or now - r[0] >= self._grace]
-            self._retired = [r for r in self._retired if r not in due]
+            due, kept = [], []
+            for retired in self._retired:
+                (due if force or now - retired[0] >= self._grace else kept).append(retired)
+            self._retired = kept
         for _, subscription, handlers in due:
             subscription.handle.__exit__(None, None, None)  # the requested destruction happens
             for handler in handlers:
