@@ -50,6 +50,27 @@ def test_slot_keeps_the_latest_frame_per_camera() -> None:
     assert slots.take_round(timeout=0.0) == []
 
 
+def test_a_second_slot_absorbs_a_burst_without_building_a_lag() -> None:
+    slots = FrameSlots()
+    assert not slots.put(Frame("", 1, False), depth=2)
+    assert not slots.put(Frame("", 2, False), depth=2)  # a burst: both wait
+    assert slots.put(Frame("", 3, False), depth=2)  # never more than two: 1 goes
+    assert [f.message for f in slots.take_round(timeout=0.0)] == [2]  # oldest first
+    assert [f.message for f in slots.take_round(timeout=0.0)] == [3]
+    assert slots.take_round(timeout=0.0) == []
+
+
+def test_slot_depth_follows_engine_time_against_the_camera_period() -> None:
+    stats = Stats()
+    worker = Worker(lambda frame: None, lambda: None, stats, lambda m: None)
+    assert worker._slot_depth(Frame("", 0, False, period_s=0.2)) == 1  # engine time unknown
+    for _ in range(5):
+        stats.record_frame("", inference_s=0.07, latency_s=None)
+    assert worker._slot_depth(Frame("", 0, False, period_s=0.2)) == 2  # 2 x 70 ms < 200 ms
+    assert worker._slot_depth(Frame("", 0, False, period_s=0.1)) == 1  # 140 ms > 100 ms
+    assert worker._slot_depth(Frame("", 0, False)) == 1  # camera period unknown
+
+
 def test_take_round_waits_and_wakes() -> None:
     slots = FrameSlots()
     started = time.monotonic()

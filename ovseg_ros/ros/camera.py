@@ -138,7 +138,7 @@ class Camera:
         """The worker's frame for ``msg``, with the frames lost just before it (by stamp)."""
         stamp = stamp_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
         lost = self.input_loss.update(stamp) if stamp > 0 else 0
-        return Frame(self.key, msg, compressed, lost_before=lost)
+        return Frame(self.key, msg, compressed, lost_before=lost, period_s=self.input_loss.period_s)
 
     # -- outputs -----------------------------------------------------------------------------
 

@@ -149,6 +149,12 @@ class InputLossEstimator:
             self._lost += missing
             return warmup + missing
 
+    @property
+    def period_s(self) -> float | None:
+        """The camera's estimated period in seconds (None until it is known)."""
+        period = self._period
+        return period / NS_PER_S if period else None
+
     def stats(self) -> InputLossStats:
         with self._lock:
             window_lost = sum(self._missing(d) for d in self._window) if self._period else 0

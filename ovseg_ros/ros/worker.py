@@ -2,7 +2,11 @@
 
 Every camera (key ``""`` in the single-camera mode) has one slot. A frame that arrives while
 the worker is busy replaces the one waiting in its camera's slot and is counted as dropped,
-so the output follows the camera instead of lagging behind it. The worker takes a *round*
+so the output follows the camera instead of lagging behind it. One exception absorbs the
+bursts of a reliable transport (two frames delivered together after a retransmission): while
+the engine takes less than half the camera's period, a second frame may wait behind the
+first, since both are done before the next one is due; an engine slower than that keeps
+only the newest frame. The worker takes a *round*
 (every camera with a waiting frame), applies parameter changes between rounds (never during
 inference), then processes the round's frames one by one or, in batch mode, all together.
 No camera starves: whatever the others send, a waiting frame is in the next round. Executor
@@ -21,6 +25,7 @@ from typing import Any
 import numpy as np
 
 LATENCY_WINDOW = 600  # samples kept for the percentiles (~20 s at 30 Hz)
+MEDIAN_WINDOW = 15  # recent inference times that decide whether a burst can be absorbed
 COUNTERS = (
     "received",
     "processed",
@@ -40,6 +45,7 @@ class Frame:
     message: Any
     compressed: bool
     lost_before: int = 0  # frames the camera sent just before this one that never arrived
+    period_s: float | None = None  # the camera's estimated period, when known
 
 
 @dataclass
@@ -102,6 +108,13 @@ class Stats:
             if latency_s is not None:
                 stats.latency.append(latency_s)
 
+    def median_inference(self, camera: str) -> float | None:
+        """Median of the camera's recent inference times (s), None before its first frame."""
+        stats = self.camera(camera)
+        with self.lock:
+            recent = list(stats.inference)[-MEDIAN_WINDOW:]
+        return float(np.median(recent)) if recent else None
+
     def record_error(self, camera: str, error: str) -> None:
         stats = self.camera(camera)
         with self.lock:
@@ -142,27 +155,36 @@ def combined(snapshots: dict[str, StatsSnapshot]) -> StatsSnapshot:
 
 
 class FrameSlots:
-    """One latest-frame slot per camera: ``put`` replaces a frame nobody has taken yet."""
+    """One latest-frame slot per camera: ``put`` replaces a frame nobody has taken yet (or,
+    with ``depth=2``, the older of two waiting frames)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._frames: dict[str, Frame] = {}  # insertion order = arrival order of the round
+        # camera -> waiting frames, oldest first; insertion order = arrival order of the round
+        self._frames: dict[str, deque[Frame]] = {}
         self._woken = False
 
-    def put(self, frame: Frame) -> bool:
-        """Store ``frame`` in its camera's slot; True if it replaced a waiting frame."""
+    def put(self, frame: Frame, depth: int = 1) -> bool:
+        """Queue ``frame`` behind at most ``depth - 1`` waiting frames of its camera; True if
+        that pushed out a waiting frame."""
         with self._cond:
-            replaced = self._frames.pop(frame.camera, None) is not None
-            self._frames[frame.camera] = frame
+            waiting = self._frames.pop(frame.camera, None) or deque()
+            waiting.append(frame)
+            replaced = len(waiting) > max(depth, 1)
+            while len(waiting) > max(depth, 1):
+                waiting.popleft()
+            self._frames[frame.camera] = waiting
             self._cond.notify()
             return replaced
 
     def take_round(self, timeout: float) -> list[Frame]:
-        """Every waiting frame (one per camera), or [] after ``timeout`` or a :meth:`wake`."""
+        """The oldest waiting frame of every camera, or [] after ``timeout`` or a :meth:`wake`."""
         with self._cond:
             if not self._frames and not self._woken:
                 self._cond.wait(timeout)
-            frames, self._frames, self._woken = list(self._frames.values()), {}, False
+            frames = [waiting.popleft() for waiting in self._frames.values()]
+            self._frames = {camera: w for camera, w in self._frames.items() if w}
+            self._woken = False
             return frames
 
     def wake(self) -> None:
@@ -205,8 +227,15 @@ class Worker:
         self.stats.count(frame.camera, "received")
         if frame.lost_before:
             self.stats.count(frame.camera, "input_lost", frame.lost_before)
-        if self.slots.put(frame):
+        if self.slots.put(frame, self._slot_depth(frame)):
             self.stats.count(frame.camera, "dropped")
+
+    def _slot_depth(self, frame: Frame) -> int:
+        """2 while the engine's median time is under half the camera's period, else 1."""
+        if frame.period_s is None:
+            return 1
+        median = self.stats.median_inference(frame.camera)
+        return 2 if median is not None and 2 * median < frame.period_s else 1
 
     def wake(self) -> None:
         self.slots.wake()
