@@ -89,7 +89,10 @@ def info_msg(k=K, d=(0.0,) * 5, width: int = W, height: int = H) -> CameraInfo:
 class Frame:
     """One RGB-D frame of the scene: what is sent and the analytic answer."""
 
-    def __init__(self, sec: int, encoding: str, d=(0.0,) * 5, color_size=(H, W)) -> None:
+    def __init__(
+        self, sec: int, encoding: str, d=(0.0,) * 5, color_size=(H, W), image_seed: int = -1
+    ) -> None:
+        """``image_seed``: the color image's seed (default ``sec``: every frame differs)."""
         self.sec, self.encoding = sec, encoding
         scene = _scene(list(d))
         rng = np.random.default_rng(sec)
@@ -103,7 +106,7 @@ class Frame:
         self.z = z
         self.xyz = np.concatenate([scene["rays"] * z[..., None], z[..., None]], axis=-1)
         self.in_range = (z >= 1.0) & (z <= 3.0)
-        self.rgb = color_pixels(*color_size, seed=sec)
+        self.rgb = color_pixels(*color_size, seed=sec if image_seed < 0 else image_seed)
         h, w = color_size
         self.color = image_msg(sec, 5_000_000, COLOR_FRAME, "rgb8", h, w, w * 3, self.rgb.tobytes())
 
@@ -179,8 +182,8 @@ class Harness:
                 break
         labels = self.by_stamp("/ovseg/labels", frame.sec)
         assert labels, f"no labels for stamp {frame.sec}"
-        wait_until(lambda: self.by_stamp("/ovseg/points", frame.sec), 1.0)
-        wait_until(lambda: self.by_stamp("/ovseg/camera_info", frame.sec), 1.0)
+        wait_until(lambda: self.by_stamp("/ovseg/points", frame.sec), 2.0)
+        wait_until(lambda: self.by_stamp("/ovseg/camera_info", frame.sec), 2.0)
         clouds = self.by_stamp("/ovseg/points", frame.sec)
         infos = self.by_stamp("/ovseg/camera_info", frame.sec)
         return labels[0], clouds[0] if clouds else None, infos[0] if infos else None
@@ -333,7 +336,7 @@ def test_stride_organized_and_classes_change_at_runtime(camera, restore):
         points_stride=3, points_organized=False, points_classes=[NAMES[common]]
     )
     assert all(r.successful for r in results)
-    frame = Frame(201, "32FC1")
+    frame = Frame(201, "32FC1", image_seed=200)  # frame 200's image: its labels, that class
     labels, cloud, _ = camera.send(frame, info_msg())
     assert cloud is not None
     check_cloud(cloud, labels_array(labels), frame, stride=3, classes={common})
