@@ -31,6 +31,7 @@ from ovseg_ros.points import (
     decode_depth,
     scale_camera_info,
 )
+from ovseg_ros.ros.log_throttle import KindThrottle  # ROS-free
 
 # Why a color frame got no cloud (diagnostics keys ``clouds_skipped_<kind>``).
 SKIP_KINDS = (
@@ -107,11 +108,10 @@ class PointsStage:
         self.pairer: DepthPairer[Any] = DepthPairer(tolerance, DEPTH_CAPACITY)
         self.settings = settings or PointsSettings()
         self.settings.options()
-        self._warn_interval, self._clock = float(warn_interval), clock
+        self._warnings = KindThrottle(float(warn_interval), clock)  # per kind of problem
         self._lock = threading.Lock()
         self._skipped = dict.fromkeys(SKIP_KINDS, 0)
         self._published = 0
-        self._last_warning: dict[str, float] = {}
         self._latest_depth_ns: int | None = None
 
     # -- inputs (executor side) ----------------------------------------------------------------
@@ -268,13 +268,7 @@ class PointsStage:
         return Output(CAMERA_INFO, np.zeros(0, np.uint8), "", CAMERA_INFO, fields)
 
     def _throttled(self, kind: str, text: str) -> str | None:
-        now = self._clock()
-        with self._lock:
-            last = self._last_warning.get(kind)
-            if last is not None and now - last < self._warn_interval:
-                return None
-            self._last_warning[kind] = now
-        return text
+        return text if self._warnings.admit(kind) is not None else None
 
 
 def camera_info_fields(msg: Any) -> dict[str, Any]:

@@ -11,7 +11,9 @@ p99 is printed.
     python3 scripts/dds_delivery.py                       # the full table (~4 minutes)
     python3 scripts/dds_delivery.py --sizes 640x480 --duration 2 --json out.json
 
-Needs only rclpy and sensor_msgs (the ROS 2 Jazzy PyPI wheels work). Profiles are applied
+Needs rclpy and sensor_msgs (the ROS 2 Jazzy PyPI wheels work) and this checkout: the camera
+and the latency arithmetic are those of ``ovseg-bench --node``
+(:mod:`ovseg_ros.tools.node_bench_procs`). Profiles are applied
 through FASTRTPS_DEFAULT_PROFILES_FILE (read by Fast DDS 2.x, Jazzy) and
 FASTDDS_DEFAULT_PROFILES_FILE (Fast DDS 3.x).
 """
@@ -24,11 +26,23 @@ import os
 import random
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-DEFAULT_PROFILE = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's ovseg_ros, installed or not
+
+from ovseg_ros.tools.common import size_arg  # noqa: E402
+from ovseg_ros.tools.node_bench_procs import (  # noqa: E402
+    latencies_ms,
+    percentiles,
+    publish_at_rate,
+    spin_until_stdin_closes,
+    stamp_ns,
+    wait_for_subscriber,
+)
+
+DEFAULT_PROFILE = ROOT / "config" / "fastdds_large_images.xml"
 PROFILE_VARS = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
 # Where the profile is applied: (publisher process, subscriber process).
 PLACEMENTS = {
@@ -39,25 +53,13 @@ PLACEMENTS = {
 }
 TOPIC = "/dds_delivery/image"
 MATCH_TIMEOUT_S = 20.0
-SETTLE_S = 0.5  # after the writer sees the reader, let the reader finish matching too
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'640x480' -> (640, 480)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"size must look like 640x480, got {text!r}") from exc
-    if width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return width, height
 
 
 # -- the two roles, each run in its own process ----------------------------------------------
 
 
 def run_publisher(width: int, height: int, rate: float, duration: float) -> dict:
-    """Publish `rate * duration` rgb8 frames, reliable keep-last 10; return what was sent."""
+    """Publish `rate * duration` rgb8 frames, reliable keep-last 10; return their stamps."""
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
@@ -67,55 +69,33 @@ def run_publisher(width: int, height: int, rate: float, duration: float) -> dict
     publisher = node.create_publisher(
         Image, TOPIC, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     )
-    deadline = time.monotonic() + MATCH_TIMEOUT_S
-    while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    matched = publisher.get_subscription_count() > 0
-    time.sleep(SETTLE_S)
-
+    matched = wait_for_subscriber(publisher, MATCH_TIMEOUT_S)
     msg = Image(height=height, width=width, encoding="rgb8", step=width * 3)
     msg.data = bytes(width * height * 3)  # content does not matter; converted once, reused
-    count = max(1, round(rate * duration))
-    period = 1.0 / rate
-    start = time.monotonic()
-    for seq in range(count):
-        delay = start + seq * period - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        now = time.time_ns()  # wall clock: both processes share it
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 1_000_000_000)
-        msg.header.frame_id = str(seq)
-        publisher.publish(msg)
+    stamps = publish_at_rate(publisher, msg, max(1, round(rate * duration)), rate)
     time.sleep(0.5)  # let a reliable writer finish repairs before the process goes away
     node.destroy_node()
     rclpy.try_shutdown()
-    return {"sent": count, "matched": matched}
+    return {"stamps": stamps, "matched": matched}
 
 
 def run_subscriber(reliable: bool, depth: int) -> dict:
-    """Record (sequence, latency) of every frame until stdin closes."""
+    """Record the arrival time (ns) of every frame, by its stamp, until stdin closes."""
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
     rclpy.init()
     node = rclpy.create_node("dds_delivery_subscriber")
-    received: dict[int, float] = {}
+    arrivals: dict[int, int] = {}
 
     def on_image(msg: Image) -> None:
-        now = time.time_ns()
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        received.setdefault(int(msg.header.frame_id), (now - stamp) / 1e6)
+        arrivals.setdefault(stamp_ns(msg), time.time_ns())
 
     policy = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
     node.create_subscription(Image, TOPIC, on_image, QoSProfile(depth=depth, reliability=policy))
-    stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    while not stop.is_set():
-        rclpy.spin_once(node, timeout_sec=0.05)
-    node.destroy_node()
-    rclpy.try_shutdown()
-    return {"latency_ms": received}
+    spin_until_stdin_closes(node)
+    return {"arrivals": arrivals}
 
 
 # -- the driver ----------------------------------------------------------------------------
@@ -180,27 +160,22 @@ def measure(
             subscriber.wait()
     if subscriber.returncode != 0:
         raise RuntimeError(f"subscriber exited with {subscriber.returncode}")
-    latencies = sorted(json.loads(out.strip().splitlines()[-1])["latency_ms"].values())
+    arrivals = json.loads(out.strip().splitlines()[-1])["arrivals"]  # JSON keys are strings
+    stamps = sent["stamps"]
+    latencies = latencies_ms(stamps, {int(stamp): at for stamp, at in arrivals.items()})
+    latency, delivered = percentiles(latencies), int(latencies.size)
     return {
         "size": f"{width}x{height}",
         "megabytes": width * height * 3 / 1e6,
         "subscriber_qos": "reliable" if reliable else "best_effort",
         "profile": placement,
-        "sent": sent["sent"],
+        "sent": len(stamps),
         "matched": sent["matched"],
-        "delivered": len(latencies),
-        "delivered_pct": 100.0 * len(latencies) / sent["sent"],
-        "latency_p50_ms": _percentile(latencies, 50),
-        "latency_p99_ms": _percentile(latencies, 99),
+        "delivered": delivered,
+        "delivered_pct": 100.0 * delivered / len(stamps),
+        "latency_p50_ms": latency["p50"],
+        "latency_p99_ms": latency["p99"],
     }
-
-
-def _percentile(sorted_values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile of an ascending list; None when empty."""
-    if not sorted_values:
-        return None
-    rank = max(1, -(-len(sorted_values) * q // 100))  # ceil(n * q / 100)
-    return sorted_values[int(rank) - 1]
 
 
 def markdown(rows: list[dict], rate: float, duration: float) -> str:
@@ -226,7 +201,7 @@ def markdown(rows: list[dict], rate: float, duration: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--sizes", nargs="+", type=parse_size, default=[(640, 480), (1280, 720), (1920, 1080)]
+        "--sizes", nargs="+", type=size_arg, default=[(640, 480), (1280, 720), (1920, 1080)]
     )
     parser.add_argument("--rate", type=float, default=10.0, help="frames per second")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per case")
@@ -254,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     # Internal: the role of a child process.
     parser.add_argument("--role", choices=["publisher", "subscriber"], help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=parse_size, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=size_arg, help=argparse.SUPPRESS)
     parser.add_argument("--reliable", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--best-effort", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,27 +23,16 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.srv import SetParameters
 from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from ros_harness import REPO, spin_in_thread, wait_until
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = {"preset": "tiny", "device": "cpu", "templates": "single"}
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(
     depth=16, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def make_image(sec: int, width: int = 64, height: int = 48) -> Image:
@@ -120,10 +108,7 @@ class Client:
         self.change_state = self.node.create_client(ChangeState, f"/{name}/change_state")
         self.get_state = self.node.create_client(GetState, f"/{name}/get_state")
         self.set_params = self.node.create_client(SetParameters, f"/{name}/set_parameters")
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.executor = spin_in_thread(self.node, context)
 
     def subscribe(self, msg_type, topic: str, qos: QoSProfile = RELIABLE):
         self.received.setdefault(topic, [])

@@ -10,11 +10,8 @@ are validated. The node runs in-process on its own executor; a second node plays
 from __future__ import annotations
 
 import json
-import os
-import random
 import threading
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -22,19 +19,25 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.srv import SetParameters
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from ros_harness import (
+    TINY,
+    private_domain_id,
+    ros_context,
+    running_segment_node,
+    segment_node,
+    spin_in_thread,
+    wait_until,
+)
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from ovseg_ros.ros.node import SegmentNode
 from ovseg_ros.ros.parameters import DEFAULT_CLASSES, camera_names
 from ovseg_ros.ros.worker import Frame, Stats, Worker
 from ovseg_ros.segmentation import SegmenterConfig, build_segmenter
 
-DOMAIN_ID = random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
-TINY = {"preset": "tiny", "device": "cpu", "templates": "single"}
+DOMAIN_ID = private_domain_id()
 CAMERAS = ["front", "left", "right"]
 SIZES = {"front": (64, 48), "left": (80, 40), "right": (40, 56)}  # (width, height)
 # front is remapped from a RealSense driver's topic; left and right keep <camera>/image.
@@ -46,15 +49,6 @@ LATCHED = QoSProfile(
 )
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def pixels(camera: str, sec: int) -> np.ndarray:
@@ -98,9 +92,7 @@ class Cameras:
         self._subscribe(String, "/ovseg/vocabulary", LATCHED)
         self._subscribe(DiagnosticArray, "/diagnostics", QoSProfile(depth=50))
         self.set_params = self.node.create_client(SetParameters, "/ovseg/set_parameters")
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        threading.Thread(target=self.executor.spin, daemon=True).start()
+        self.executor = spin_in_thread(self.node, context)
 
     def _subscribe(self, msg_type, topic: str, qos: QoSProfile) -> None:
         self.received[topic] = []
@@ -146,43 +138,25 @@ class Cameras:
 
 @pytest.fixture(scope="module")
 def context():
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
-
-
-def _segment_node(
-    context: Context, overrides: dict, *ros_args: str, name: str = "ovseg"
-) -> SegmentNode:
-    return SegmentNode(
-        name,
-        context=context,
-        cli_args=["--ros-args", *ros_args],
-        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
-    )
+    with ros_context(DOMAIN_ID) as ctx:
+        yield ctx
 
 
 @pytest.fixture(scope="module")
 def ovseg(context):
     overrides = {**TINY, "cameras": CAMERAS, "diagnostics_period": 0.5}
-    node = _segment_node(context, overrides, "-r", f"front/image:={INPUTS['front']}")
-    assert node.state_label == "active" and not node.autostart_failed
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
-    yield node
-    executor.shutdown()
-    node.close()
-    node.destroy_node()
+    remap = ("-r", f"front/image:={INPUTS['front']}")
+    with running_segment_node(context, overrides, *remap) as node:
+        assert node.state_label == "active" and not node.autostart_failed
+        yield node
 
 
 @pytest.fixture(scope="module")
 def cams(context, ovseg):
     cams = Cameras(context)
     for camera in CAMERAS:
-        assert wait_until(lambda c=camera: ovseg.count_subscribers(f"/ovseg/{c}/labels") > 0)
-        assert wait_until(lambda c=camera: ovseg.count_publishers(INPUTS[c]) > 0)
+        assert wait_until(lambda c=camera: ovseg.count_subscribers(f"/ovseg/{c}/labels") > 0, 20)
+        assert wait_until(lambda c=camera: ovseg.count_publishers(INPUTS[c]) > 0, 20)
     yield cams
     cams.close()
 
@@ -250,10 +224,8 @@ def test_camera_names_validated() -> None:
 
 def test_invalid_cameras_refused_at_configure(context, cams) -> None:
     overrides = {**TINY, "cameras": ["front", "front"], "diagnostics_period": 0.2}
-    node = _segment_node(context, overrides, name="ovseg_bad")
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    node = segment_node(context, overrides, node_name="ovseg_bad")
+    executor = spin_in_thread(node, context)
     try:
         assert node.autostart_failed and node.state_label == "unconfigured"
         assert node.segmenter is None  # refused before any model was built
@@ -303,17 +275,17 @@ def test_worker_batch_mode_hands_over_whole_rounds() -> None:
         worker.submit(Frame("left", 100, False))
         worker.submit(Frame("right", 200, False))
         release.set()
-        assert wait_until(lambda: len(rounds) == 2)
+        assert wait_until(lambda: len(rounds) == 2, 20)
         assert rounds == [[("front", 0)], [("front", 5), ("left", 100), ("right", 200)]]
         assert stats.snapshot()["front"].dropped == 4
         worker.submit(Frame("left", "bad", False))
         worker.submit(Frame("right", 201, False))
-        assert wait_until(lambda: len(rounds) == 3)
-        assert wait_until(lambda: stats.total("errors") == 2)
+        assert wait_until(lambda: len(rounds) == 3, 20)
+        assert wait_until(lambda: stats.total("errors") == 2, 20)
         snapshot = stats.snapshot()
         assert (snapshot["left"].errors, snapshot["right"].errors) == (1, 1)
         worker.submit(Frame("right", 202, False))  # still running
-        assert wait_until(lambda: len(rounds) == 4)
+        assert wait_until(lambda: len(rounds) == 4, 20)
     finally:
         release.set()
         worker.stop(5)
@@ -453,10 +425,10 @@ def test_vocabulary_change_reaches_every_camera_in_one_version(cams, ovseg, refe
     before = _stream_until_all_labelled(cams, 1000)
     (result,) = cams.set_parameters(Parameter("classes", value=NEW_CLASSES))
     assert result.successful
-    assert wait_until(lambda: ovseg.vocabulary_version > old)
+    assert wait_until(lambda: ovseg.vocabulary_version > old, 20)
     sec = _stream_until_all_labelled(cams, 1100)
     # One version for all three cameras, each with its own first stamp.
-    assert wait_until(lambda: set(cams.vocabularies()[-1]["valid_from"]) == set(CAMERAS))
+    assert wait_until(lambda: set(cams.vocabularies()[-1]["valid_from"]) == set(CAMERAS), 20)
     latest = cams.vocabularies()[-1]
     assert latest["version"] == old + 1 == ovseg.vocabulary_version
     assert [c["name"] for c in latest["classes"]] == [c.split(";")[0] for c in NEW_CLASSES]

@@ -8,29 +8,24 @@ throttled per kind of problem, so two kinds interleaved both reach the log.
 
 from __future__ import annotations
 
-import os
-import random
 import re
 import time
 
 import pytest
-import rclpy
 from lifecycle_msgs.msg import Transition
-from node_process import TINY, Client, NodeProcess, make_image, wait_until
-from rclpy.context import Context
+from node_process import Client, NodeProcess, make_image
+from ros_harness import TINY, private_domain_id, ros_context, wait_until
 from sensor_msgs.msg import Image
 
-DOMAIN_ID = random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
+DOMAIN_ID = private_domain_id()
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
 def context():
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
+    with ros_context(DOMAIN_ID) as ctx:
+        yield ctx
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,13 @@ messages. The bound below is generous for that and still below what probabilitie
 
 from __future__ import annotations
 
-import os
-import random
-import time
-
 import numpy as np
 import pytest
-import rclpy
-from node_process import TINY, Client, NodeProcess, wait_until
-from rclpy.context import Context
+from node_process import Client, NodeProcess
+from ros_harness import TINY, private_domain_id, ros_context, wait_until
 from sensor_msgs.msg import Image
 
-DOMAIN_ID = random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
+DOMAIN_ID = private_domain_id()
 CLASSES = [f"class {i}" for i in range(20)]
 WIDTH, HEIGHT = 7680, 4320  # 8K: the default max_image_pixels
 GROWTH_BOUND_MIB = 3072
@@ -43,22 +38,22 @@ def _frame(sec: int) -> Image:
 def test_8k_frame_memory_is_linear_in_pixels(tmp_path) -> None:
     params = {**TINY, "classes": CLASSES, "qos_reliability": "reliable"}
     node = NodeProcess(DOMAIN_ID, tmp_path / "node.log", params)
-    context = Context()
-    rclpy.init(context=context, domain_id=DOMAIN_ID)
-    client = Client(context)
-    try:
-        assert wait_until(lambda: client.image_pub.get_subscription_count() > 0, 120), node.log()
-        client.stream_until_labels(1)  # models loaded, one small frame segmented
-        resting = node.peak_rss_mib()
-        client.image_pub.publish(_frame(100))
-        assert wait_until(lambda: client.labels_at(100), 400), node.log()
-        (labels,) = client.labels_at(100)
-        assert (labels.width, labels.height, labels.encoding) == (WIDTH, HEIGHT, "mono8")
-        growth = node.peak_rss_mib() - resting
-        print(f"8K frame, 20 classes: node peak RSS {resting:.0f} -> +{growth:.0f} MiB")
-        assert growth < GROWTH_BOUND_MIB, node.log()
-        assert node.alive()
-    finally:
-        client.close()
-        node.stop()
-        rclpy.try_shutdown(context=context)
+    with ros_context(DOMAIN_ID) as context:
+        client = Client(context)
+        try:
+            assert wait_until(lambda: client.image_pub.get_subscription_count() > 0, 120), (
+                node.log()
+            )
+            client.stream_until_labels(1)  # models loaded, one small frame segmented
+            resting = node.peak_rss_mib()
+            client.image_pub.publish(_frame(100))
+            assert wait_until(lambda: client.labels_at(100), 400), node.log()
+            (labels,) = client.labels_at(100)
+            assert (labels.width, labels.height, labels.encoding) == (WIDTH, HEIGHT, "mono8")
+            growth = node.peak_rss_mib() - resting
+            print(f"8K frame, 20 classes: node peak RSS {resting:.0f} -> +{growth:.0f} MiB")
+            assert growth < GROWTH_BOUND_MIB, node.log()
+            assert node.alive()
+        finally:
+            client.close()
+            node.stop()

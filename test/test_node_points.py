@@ -11,11 +11,8 @@ Tiny random models on the CPU; nothing mocked.
 
 from __future__ import annotations
 
-import os
-import random
 import threading
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -23,18 +20,24 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import SetParameters
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from ros_harness import (
+    TINY,
+    private_domain_id,
+    ros_context,
+    segment_node,
+    spin_in_thread,
+    stop_node,
+    wait_until,
+)
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from test_points import D_PLUMB, H, K, W, _depth_message, _nearest, _scene
 
 from ovseg_ros.points import read_cloud, unpack_rgb
-from ovseg_ros.ros.node import SegmentNode
 from ovseg_ros.ros.parameters import DEFAULT_CLASSES
 
-DOMAIN_ID = random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
-TINY = {"preset": "tiny", "device": "cpu", "templates": "single"}
+DOMAIN_ID = private_domain_id()
 DEPTH = {"depth": True, "depth_min": 1.0, "depth_max": 3.0, "depth_sync_tolerance": 0.02}
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 DEPTH_FRAME = "depth_optical"
@@ -42,15 +45,6 @@ COLOR_FRAME = "color_optical"
 NAMES = [c.split(";")[0].strip() for c in DEFAULT_CLASSES]
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def color_pixels(height: int, width: int, seed: int) -> np.ndarray:
@@ -135,9 +129,7 @@ class Harness:
                 msg_type, topic, lambda m, t=topic: self._store(t, m), RELIABLE
             )
         self.set_params = self.node.create_client(SetParameters, "/ovseg/set_parameters")
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        threading.Thread(target=self.executor.spin, daemon=True).start()
+        self.executor = spin_in_thread(self.node, context)
 
     def _store(self, topic: str, msg) -> None:
         with self.lock:
@@ -254,39 +246,25 @@ def check_cloud(
 
 @pytest.fixture(scope="module")
 def context():
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
+    with ros_context(DOMAIN_ID) as ctx:
+        yield ctx
 
 
 def _start_node(
     context: Context, name: str = "ovseg", remap: tuple[str, ...] = (), **extra
 ) -> tuple:
-    node = SegmentNode(
-        name,
-        context=context,
-        parameter_overrides=[Parameter(k, value=v) for k, v in {**TINY, **DEPTH, **extra}.items()],
-        cli_args=["--ros-args", *[a for r in remap for a in ("-r", r)]] if remap else None,
-    )
+    """A depth-enabled node (tiny models) spinning on 4 threads: ``(node, executor)``."""
+    remaps = [a for r in remap for a in ("-r", r)]
+    node = segment_node(context, {**TINY, **DEPTH, **extra}, *remaps, node_name=name)
     assert node.state_label == "active" and not node.autostart_failed
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
-    return node, executor
-
-
-def _stop_node(node: SegmentNode, executor) -> None:
-    executor.shutdown()
-    node.close()
-    node.destroy_node()
+    return node, spin_in_thread(node, context, threads=4)
 
 
 @pytest.fixture(scope="module")
 def ovseg(context):
     node, executor = _start_node(context)
     yield node
-    _stop_node(node, executor)
+    stop_node(node, executor)
 
 
 @pytest.fixture(scope="module")
@@ -419,7 +397,7 @@ def test_no_camera_info_ever_received(context, camera):
         camera.node.destroy_subscription(sub)
         camera.node.destroy_subscription(labels_sub)
     finally:
-        _stop_node(node, executor)
+        stop_node(node, executor)
 
 
 def test_every_camera_has_its_own_depth_inputs(context, camera):
@@ -467,4 +445,4 @@ def test_every_camera_has_its_own_depth_inputs(context, camera):
             )
         )
     finally:
-        _stop_node(node, executor)
+        stop_node(node, executor)

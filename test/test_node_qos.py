@@ -8,12 +8,11 @@ rclpy context, so a second DDS participant, on a private domain. Nothing is mock
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -21,8 +20,8 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
-from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from ros_harness import TINY, private_domain_id, ros_context, segment_node, wait_until
 from sensor_msgs.msg import CameraInfo, Image
 
 from ovseg_ros.ros.adaptive_qos import for_publishers
@@ -30,22 +29,12 @@ from ovseg_ros.ros.diagnostics import INPUT_LOSS_HINT
 from ovseg_ros.ros.input_loss import InputLossEstimator
 from ovseg_ros.ros.node import SegmentNode
 
-DOMAIN_ID = random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
-TINY = {"preset": "tiny", "device": "cpu", "templates": "single"}
+DOMAIN_ID = private_domain_id()
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 R, BE = ReliabilityPolicy.RELIABLE, ReliabilityPolicy.BEST_EFFORT
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def make_image(stamp_ns: int, width: int = 64, height: int = 48) -> Image:
@@ -119,10 +108,8 @@ class Peer:
 
 @pytest.fixture(scope="module")
 def context() -> Iterator[Context]:
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
+    with ros_context(DOMAIN_ID) as ctx:
+        yield ctx
 
 
 @pytest.fixture(scope="module")
@@ -133,12 +120,7 @@ def peer() -> Iterator[Peer]:
 
 
 def running_node(context, name: str, topic: str, **overrides) -> Iterator[SegmentNode]:
-    node = SegmentNode(
-        name,
-        context=context,
-        cli_args=["--ros-args", "-r", f"image:={topic}"],
-        parameter_overrides=[Parameter(k, value=v) for k, v in {**TINY, **overrides}.items()],
-    )
+    node = segment_node(context, {**TINY, **overrides}, "-r", f"image:={topic}", node_name=name)
     assert node.state_label == "active"
     executor = MultiThreadedExecutor(num_threads=4, context=context)
     executor.add_node(node)
@@ -368,13 +350,9 @@ def test_fixed_setting_and_override_stay_put(context, peer) -> None:
 
 def test_invalid_override_refuses_activation(context) -> None:
     override = "qos_overrides./bad_cam/image.subscription.reliability"
-    node = SegmentNode(
-        "ovseg_bad_qos",
-        context=context,
-        cli_args=["--ros-args", "-r", "image:=/bad_cam/image"],
-        parameter_overrides=[
-            Parameter(k, value=v) for k, v in {**TINY, override: "sometimes"}.items()
-        ],
+    overrides = {**TINY, override: "sometimes"}
+    node = segment_node(
+        context, overrides, "-r", "image:=/bad_cam/image", node_name="ovseg_bad_qos"
     )
     try:
         assert node.autostart_failed and node.state_label == "inactive"

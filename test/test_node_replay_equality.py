@@ -7,33 +7,35 @@ writes: labels, confidence, per-class confidences, overlay and the vocabulary me
 
 from __future__ import annotations
 
-import os
-import random
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
-from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
+from ros_harness import (
+    TINY,
+    private_domain_id,
+    ros_context,
+    segment_node,
+    spin_in_thread,
+    stop_node,
+    wait_until,
+)
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from ovseg_ros.ros.node import SegmentNode
 from ovseg_ros.ros.parameters import DEFAULT_CLASSES
 from ovseg_ros.segmentation import SegmenterConfig, build_segmenter
 from ovseg_ros.tools.replay_core import run_replay
 from ovseg_ros.tools.replay_plan import ReplayOptions
 
-DOMAIN_ID = random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
-TINY = {"preset": "tiny", "device": "cpu", "templates": "single"}
+DOMAIN_ID = private_domain_id()
 CONFIDENCE_CLASSES = ["man", "door"]
 NAME = "ovseg_eq"
 SUFFIXES = ["labels", "confidence", "confidence/person", "confidence/door", "overlay"]
@@ -43,15 +45,6 @@ LATCHED = QoSProfile(
 )
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def wait_until(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def _mosaic_rggb(rgb: np.ndarray) -> np.ndarray:
@@ -86,24 +79,16 @@ def frames() -> list[Image]:
 
 @pytest.fixture(scope="module")
 def context():
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
+    with ros_context(DOMAIN_ID) as ctx:
+        yield ctx
 
 
 def node_outputs(context: Context, inputs: list[Image]) -> dict[str, list[bytes]]:
     """Publish ``inputs`` to a live node; its outputs as raw CDR bytes, per topic suffix."""
     overrides = {**TINY, "confidence_classes": CONFIDENCE_CLASSES}
-    node = SegmentNode(
-        NAME,
-        context=context,
-        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
-    )
+    node = segment_node(context, overrides, node_name=NAME)
     assert node.state_label == "active"
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    executor = spin_in_thread(node, context, threads=4)
     tester = rclpy.create_node("eq_tester", context=context)
     received: dict[str, list[bytes]] = {s: [] for s in [*SUFFIXES, "vocabulary"]}
     lock = threading.Lock()
@@ -119,15 +104,14 @@ def node_outputs(context: Context, inputs: list[Image]) -> dict[str, list[bytes]
         tester.create_subscription(Image, f"/{NAME}/{suffix}", keep(suffix), RELIABLE, raw=True)
     tester.create_subscription(String, f"/{NAME}/vocabulary", keep("vocabulary"), LATCHED, raw=True)
     publisher = tester.create_publisher(Image, "/image", RELIABLE)
-    spin = SingleThreadedExecutor(context=context)
-    spin.add_node(tester)
-    threading.Thread(target=spin.spin, daemon=True).start()
+    spin = spin_in_thread(tester, context)
     try:
         assert wait_until(
             lambda: (
                 all(node.count_subscribers(f"/{NAME}/{s}") > 0 for s in SUFFIXES)
                 and publisher.get_subscription_count() > 0
-            )
+            ),
+            20,
         )
         for msg in inputs:  # one at a time: none may be dropped
             publisher.publish(msg)
@@ -138,10 +122,8 @@ def node_outputs(context: Context, inputs: list[Image]) -> dict[str, list[bytes]
             return {k: list(v) for k, v in received.items()}
     finally:
         spin.shutdown()
-        executor.shutdown()
         tester.destroy_node()
-        node.close()
-        node.destroy_node()
+        stop_node(node, executor)
 
 
 def replay_outputs(tmp_path: Path, inputs: list[Image]) -> dict[str, list[bytes]]:

@@ -9,20 +9,17 @@ the pending version and its progress; the log says how long encoding took.
 
 from __future__ import annotations
 
-import os
-import random
 import threading
 import time
 import uuid
 
 import numpy as np
 import pytest
-import rclpy
-from node_process import TINY, Client, NodeProcess, make_image, wait_until
-from rclpy.context import Context
+from node_process import Client, NodeProcess, make_image
 from rclpy.parameter import Parameter
+from ros_harness import TINY, private_domain_id, ros_context, wait_until
 
-DOMAIN_ID = random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
+DOMAIN_ID = private_domain_id()
 # 80 prompts per name: encoding 300 new names takes seconds (tiny text model, CPU).
 # TLP off: it costs seconds per frame with 300 classes on the CPU.
 # No disk cache of text embeddings: the random names would pile up in ~/.cache.
@@ -34,10 +31,8 @@ pytestmark = pytest.mark.timeout(400)
 
 @pytest.fixture(scope="module")
 def context():
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
+    with ros_context(DOMAIN_ID) as ctx:
+        yield ctx
 
 
 @pytest.fixture(scope="module")

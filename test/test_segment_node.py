@@ -10,12 +10,8 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import random
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,19 +24,24 @@ from PIL import Image as PILImage
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import SetParameters
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from ros_harness import (
+    REPO,
+    TINY,
+    private_domain_id,
+    ros_context,
+    running_segment_node,
+    spin_in_thread,
+    wait_until,
+)
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from ovseg_ros.ros.node import SegmentNode
 from ovseg_ros.ros.parameters import DEFAULT_CLASSES
 
-REPO = Path(__file__).resolve().parents[1]
 # A private DDS domain per test module (rclpy.init(domain_id=...) and the subprocesses' env).
-DOMAIN_ID = random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
-TINY = {"preset": "tiny", "device": "cpu", "templates": "single"}  # fast text encoding
+DOMAIN_ID = private_domain_id()
 CONFIDENCE_CLASSES = ["man", "door", "unicorn"]  # "man" -> the person entry; unicorn: absent
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(
@@ -52,15 +53,6 @@ HISTORY = QoSProfile(
 BEST_EFFORT = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def _pixels(sec: int, width: int, height: int) -> np.ndarray:
@@ -110,10 +102,7 @@ class RosHarness:
         self.set_params = self.node.create_client(SetParameters, "/ovseg/set_parameters")
         self.change_state = self.node.create_client(ChangeState, "/ovseg/change_state")
         self.get_state = self.node.create_client(GetState, "/ovseg/get_state")
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.executor = spin_in_thread(self.node, context)
 
     def subscribe(self, msg_type, topic: str, qos: QoSProfile = RELIABLE):
         self.received.setdefault(topic, [])
@@ -187,34 +176,18 @@ class RosHarness:
         self.node.destroy_node()
 
 
-def _start(node: SegmentNode, context: Context) -> MultiThreadedExecutor:
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
-    return executor
-
-
 @pytest.fixture(scope="module")
 def context():
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
+    with ros_context(DOMAIN_ID) as ctx:
+        yield ctx
 
 
 @pytest.fixture(scope="module")
 def ovseg(context):
     overrides = {**TINY, "confidence_classes": CONFIDENCE_CLASSES}
-    node = SegmentNode(
-        context=context,
-        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
-    )
-    assert node.state_label == "active" and not node.autostart_failed
-    executor = _start(node, context)
-    yield node
-    executor.shutdown()
-    node.close()
-    node.destroy_node()
+    with running_segment_node(context, overrides) as node:
+        assert node.state_label == "active" and not node.autostart_failed
+        yield node
 
 
 @pytest.fixture(scope="module")
@@ -284,29 +257,15 @@ def test_every_output_carries_the_input_header(tester, ovseg) -> None:
             tester.node.destroy_subscription(subscription)
 
 
-def _running_node(context, name: str, namespace: str, overrides: dict, *ros_args: str):
-    """A node spinning on its own executor until the generator is closed."""
-    node = SegmentNode(
-        name,
-        namespace=namespace,
-        context=context,
-        cli_args=["--ros-args", *ros_args],
-        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
-    )
-    executor = _start(node, context)
-    yield node
-    executor.shutdown()
-    node.close()
-    node.destroy_node()
-
-
 @pytest.fixture(scope="module")
 def jpeg_node(context):
     """image_transport compressed, image remapped: subscribes /cam_x/image/compressed only."""
     overrides = {**TINY, "image_transport": "compressed"}
-    yield from _running_node(
-        context, "ovseg_jpeg", "/third", overrides, "-r", "image:=/cam_x/image"
-    )
+    remap = ("-r", "image:=/cam_x/image")
+    with running_segment_node(
+        context, overrides, *remap, node_name="ovseg_jpeg", namespace="/third"
+    ) as node:
+        yield node
 
 
 def _subscribers(node, topic: str) -> int:
@@ -709,7 +668,10 @@ def yaml_node(context):
     """A second node started from config/segment.yaml, with reliable image subscriptions."""
     overrides = {**TINY, "qos_reliability": "reliable"}
     params = ("--params-file", str(REPO / "config" / "segment.yaml"))
-    yield from _running_node(context, "ovseg_yaml", "/second", overrides, *params)
+    with running_segment_node(
+        context, overrides, *params, node_name="ovseg_yaml", namespace="/second"
+    ) as node:
+        yield node
 
 
 def test_params_file_holds_every_parameter(yaml_node) -> None:
@@ -736,9 +698,10 @@ def test_params_file_holds_every_parameter(yaml_node) -> None:
 def test_qos_overrides_the_standard_rclpy_way(context) -> None:
     prefix = "qos_overrides./qos_test/image.subscription"
     overrides = {**TINY, f"{prefix}.reliability": "reliable", f"{prefix}.depth": 2}
-    nodes = _running_node(context, "ovseg_qos", "/", overrides, "-r", "image:=/qos_test/image")
-    node = next(nodes)
-    try:
+    remap = ("-r", "image:=/qos_test/image")
+    with running_segment_node(
+        context, overrides, *remap, node_name="ovseg_qos", namespace="/"
+    ) as node:
         (info,) = [
             i
             for i in node.get_subscriptions_info_by_topic("/qos_test/image")
@@ -748,8 +711,6 @@ def test_qos_overrides_the_standard_rclpy_way(context) -> None:
         assert node.cameras[0].subscription.qos_profile.depth == 2  # discovery omits depth
         assert node.get_parameter(f"{prefix}.depth").value == 2
         assert node.describe_parameter(f"{prefix}.reliability").read_only
-    finally:
-        nodes.close()
 
 
 def test_incompatible_qos_is_reported(tester, yaml_node) -> None:

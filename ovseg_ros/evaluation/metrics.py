@@ -315,6 +315,17 @@ class SegmentationMetric:
             self.boundary_union += union
         self.num_images += 1
 
+    def merge(self, other: SegmentationMetric) -> None:
+        """Add the counts ``other`` accumulated (the same classes), e.g. one worker's share:
+        the merged metric equals one that saw every image."""
+        if other.num_classes != self.num_classes or other.boundary != self.boundary:
+            raise ValueError("cannot merge metrics of different classes or boundary settings")
+        self._counts += other._counts  # (C, C+1): confusion matrix and missed-pixel column
+        self.boundary_intersection += other.boundary_intersection
+        self.boundary_union += other.boundary_union
+        self.invalid_gt_pixels += other.invalid_gt_pixels
+        self.num_images += other.num_images
+
     def compute(self) -> MetricResult:
         cm = self._counts[:, : self.num_classes]
         inter = np.diag(cm)

@@ -7,10 +7,8 @@ publishers: they publish only while the node is active.
 
 from __future__ import annotations
 
-import array
 from collections.abc import Callable, Mapping
 
-import numpy as np
 from rclpy.callback_groups import CallbackGroup
 from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode
@@ -18,14 +16,13 @@ from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from ovseg_ros.image_conversion import array_to_image_fields
 from ovseg_ros.pipeline import CONFIDENCE, IMAGE, LABELS, OVERLAY, Output, OutputPlan
 from ovseg_ros.ros.adaptive_qos import OVERRIDING_OPTIONS
 from ovseg_ros.ros.depth_input import DepthInput
 from ovseg_ros.ros.input_loss import InputLossEstimator, stamp_ns
+from ovseg_ros.ros.inputs import Inputs, factory
 from ovseg_ros.ros.output_messages import OutputMessages
-from ovseg_ros.ros.qos import OUTPUT_QOS, input_qos
-from ovseg_ros.ros.retire import Retirer
+from ovseg_ros.ros.qos import OUTPUT_QOS
 from ovseg_ros.ros.worker import Frame
 
 
@@ -37,7 +34,6 @@ class Camera:
         self.input_topic = f"{key}/image" if key else "image"
         self.prefix = f"~/{key}" if key else "~"
         self.plan = OutputPlan()
-        self.subscription = None
         self._publishers = {
             suffix: node.create_lifecycle_publisher(Image, f"{self.prefix}/{suffix}", OUTPUT_QOS)
             for suffix in (LABELS, CONFIDENCE, OVERLAY)
@@ -45,11 +41,15 @@ class Camera:
         self._class_publishers: dict[str, object] = {}  # "confidence/<class>" -> publisher
         self.depth: DepthInput | None = None  # depth side, attached by the node with depth:=true
         self.input_loss = InputLossEstimator()  # frames lost before reaching us, from the stamps
-        self._resubscribe: Callable[[], str] | None = None
-        self._retirer = Retirer(node)  # destroys subscriptions without racing the executor
+        self._inputs = Inputs(node)  # image, then depth and camera_info where attached
         self._messages = OutputMessages()  # one reusable message per output topic
 
     # -- input -------------------------------------------------------------------------------
+
+    @property
+    def subscription(self) -> Subscription | None:
+        """The image subscription (the first input), None while unsubscribed."""
+        return self._inputs.subscriptions[0] if self._inputs.subscriptions else None
 
     def subscribe(
         self,
@@ -61,22 +61,6 @@ class Camera:
     ) -> str:
         """Subscribe ``image`` (raw) or ``<resolved image>/compressed``, and depth where
         attached; the image topic name."""
-        topic = self._subscribe_image(transport, reliability, on_frame, on_incompatible, group)
-        self._resubscribe = lambda: self._subscribe_image(
-            transport, reliability, on_frame, on_incompatible, group
-        )
-        if self.depth is not None:
-            self.depth.subscribe(reliability, group)
-        return topic
-
-    def _subscribe_image(
-        self,
-        transport: str,
-        reliability: str,
-        on_frame: Callable[[Frame], None],
-        on_incompatible: Callable[[str, QoSRequestedIncompatibleQoSInfo], None],
-        group: CallbackGroup,
-    ) -> str:
         if transport == "compressed":
             # Resolved (remapping applied) first, so -r image:=/x/image moves both.
             topic = f"{self.node.resolve_topic_name(self.input_topic)}/compressed"
@@ -85,54 +69,39 @@ class Camera:
             topic, msg_type, compressed = self.input_topic, Image, False
         else:
             raise ValueError(f"image_transport must be raw or compressed, got {transport!r}")
-        holder: dict[str, str] = {}
         events = SubscriptionEventCallbacks(
-            incompatible_qos=lambda info: on_incompatible(holder.get("topic", topic), info)
+            incompatible_qos=lambda info: on_incompatible(
+                self.subscription.topic_name if self.subscription else topic, info
+            )
         )
-        self.subscription = self.node.create_subscription(
+        image = factory(
+            self.node,
             msg_type,
             topic,
             lambda msg: on_frame(self._frame(msg, compressed)),
-            input_qos(self.node, topic, reliability),
-            callback_group=group,
+            reliability,
+            group,
             event_callbacks=events,
             qos_overriding_options=OVERRIDING_OPTIONS,
         )
-        holder["topic"] = self.subscription.topic_name
-        return self.subscription.topic_name
+        depth = self.depth.factories(reliability, group) if self.depth is not None else []
+        return self._inputs.subscribe([image, *depth])[0]
 
     def resubscribe(self) -> str:
         """Recreate the image subscription (its reliability chosen anew); depth is kept."""
-        if self._resubscribe is None:
-            return ""
-        if self.subscription is not None:
-            self._retirer.retire(self.subscription)
-            self.subscription = None
-        return self._resubscribe()
+        return self._inputs.renew(0)
 
     def adaptive(self) -> list[tuple[Subscription, Callable[[], object]]]:
         """Every input subscription with the way to renew it (for the QoS follower)."""
-        pairs: list[tuple[Subscription, Callable[[], object]]] = []
-        if self.subscription is not None:
-            pairs.append((self.subscription, self.resubscribe))
-        if self.depth is not None:
-            pairs.extend(self.depth.adaptive())
-        return pairs
+        return self._inputs.adaptive()
 
     def sweep(self) -> None:
         """Free what earlier unsubscriptions left for later (see :mod:`.retire`)."""
-        self._retirer.sweep()
-        if self.depth is not None:
-            self.depth.sweep()
+        self._inputs.sweep()
 
     def unsubscribe(self) -> None:
-        if self.subscription is not None:
-            self._retirer.retire(self.subscription)
-            self.subscription = None
-        if self.depth is not None:
-            self.depth.unsubscribe()
+        self._inputs.unsubscribe()
         self.input_loss.clear()  # a later activation starts a new stamp sequence
-        self._resubscribe = None
 
     def _frame(self, msg: Image | CompressedImage, compressed: bool) -> Frame:
         """The worker's frame for ``msg``, with the frames lost just before it (by stamp)."""
@@ -142,9 +111,10 @@ class Camera:
 
     # -- outputs -----------------------------------------------------------------------------
 
-    def set_plan(self, class_topics: Mapping[str, int], overlay_alpha: float, active: bool) -> None:
-        """Per-class publishers for ``class_topics`` (created / destroyed as needed)."""
-        self.plan = OutputPlan(class_topics=dict(class_topics), overlay_alpha=overlay_alpha)
+    def set_plan(self, class_topics: Mapping[str, int], active: bool) -> None:
+        """Per-class publishers for ``class_topics`` (created / destroyed as needed); the
+        overlay opacity is added per round (:class:`~.frames.Rounds`)."""
+        self.plan = OutputPlan(class_topics=dict(class_topics))
         for suffix in list(self._class_publishers):
             if suffix not in class_topics:
                 self.node.destroy_lifecycle_publisher(self._class_publishers.pop(suffix))
@@ -184,7 +154,7 @@ class Camera:
 
     def destroy(self) -> None:
         self.unsubscribe()
-        self._retirer.drain()
+        self._inputs.drain()
         for publisher in [*self._publishers.values(), *self._class_publishers.values()]:
             self.node.destroy_lifecycle_publisher(publisher)
         self._publishers, self._class_publishers = {}, {}
@@ -194,20 +164,3 @@ class Camera:
 
     def _publisher(self, suffix: str):
         return self._publishers.get(suffix) or self._class_publishers.get(suffix)
-
-
-def image_msg(header: Header, data: np.ndarray, encoding: str) -> Image:
-    """A sensor_msgs/Image with the fields :func:`array_to_image_fields` gives ``data``."""
-    fields = array_to_image_fields(data, encoding)
-    msg = Image(
-        header=header,
-        height=fields["height"],
-        width=fields["width"],
-        encoding=fields["encoding"],
-        is_bigendian=fields["is_bigendian"],
-        step=fields["step"],
-    )
-    payload = array.array("B")
-    payload.frombytes(fields["data"])  # array.array skips the per-byte checks of a bytes value
-    msg.data = payload
-    return msg

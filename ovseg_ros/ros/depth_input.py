@@ -8,8 +8,7 @@ remappable like ``image``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -23,9 +22,9 @@ from ovseg_ros.pipeline import CAMERA_INFO, POINTS, Output
 from ovseg_ros.points_stage import PointsSettings, PointsStage
 from ovseg_ros.ros import parameters
 from ovseg_ros.ros.diagnostics import points_status
+from ovseg_ros.ros.inputs import Factory, factory
 from ovseg_ros.ros.pointcloud import to_pointcloud2
-from ovseg_ros.ros.qos import OUTPUT_QOS, input_qos
-from ovseg_ros.ros.retire import Retirer
+from ovseg_ros.ros.qos import OUTPUT_QOS
 
 
 class DepthInput:
@@ -50,60 +49,23 @@ class DepthInput:
                 CameraInfo, f"{prefix}/{CAMERA_INFO}", OUTPUT_QOS
             ),
         }
-        self._subscriptions: list[Any] = []
-        self._subscribed_with: tuple[str, CallbackGroup] | None = None  # (reliability, group)
-        self._retirer = Retirer(node)  # destroys subscriptions without racing the executor
         self._last_counters: dict[str, int] = {}
 
-    def subscribe(self, reliability: str, group: CallbackGroup) -> list[str]:
-        """Subscribe ``depth`` and ``camera_info``; their resolved names.
-
-        ``reliability`` as for the image (``auto`` included: the QoS follower re-chooses it
-        for these subscriptions too, through :meth:`adaptive`).
-        """
-        self.unsubscribe()
-        self._subscribed_with = (reliability, group)
-        self._subscriptions = [self._create(index) for index in range(len(self._inputs()))]
-        return [s.topic_name for s in self._subscriptions]
-
-    def _inputs(self) -> tuple[tuple[type, str, Callable[[Any], None]], ...]:
-        return (
-            (Image, self.depth_topic, self.stage.push_depth),
-            (CameraInfo, self.info_topic, self.stage.push_camera_info),
-        )
-
-    def _create(self, index: int) -> Any:
-        assert self._subscribed_with is not None
-        reliability, group = self._subscribed_with
-        msg_type, topic, callback = self._inputs()[index]
-        return self.node.create_subscription(
-            msg_type,
-            topic,
-            callback,
-            input_qos(self.node, topic, reliability),
-            callback_group=group,
-        )
-
-    def resubscribe(self, index: int) -> str:
-        """Recreate input ``index`` (0 depth, 1 camera_info), its reliability chosen anew."""
-        if self._subscribed_with is None or index >= len(self._subscriptions):
-            return ""
-        self._retirer.retire(self._subscriptions[index])
-        self._subscriptions[index] = self._create(index)
-        return self._subscriptions[index].topic_name
-
-    def adaptive(self) -> list[tuple[Any, Callable[[], object]]]:
-        """Each subscription with the way to renew it (for the QoS follower)."""
-        return [(s, partial(self.resubscribe, i)) for i, s in enumerate(self._subscriptions)]
-
-    def sweep(self) -> None:
-        self._retirer.sweep()
-
-    def unsubscribe(self) -> None:
-        for subscription in self._subscriptions:
-            self._retirer.retire(subscription)
-        self._subscriptions = []
-        self._subscribed_with = None
+    def factories(self, reliability: str, group: CallbackGroup) -> list[Factory]:
+        """The ``depth`` and ``camera_info`` inputs, for the camera's :class:`~.inputs.Inputs`
+        (``reliability`` as for the image, ``auto`` included: the QoS follower re-chooses it
+        for these subscriptions too)."""
+        return [
+            factory(self.node, Image, self.depth_topic, self.stage.push_depth, reliability, group),
+            factory(
+                self.node,
+                CameraInfo,
+                self.info_topic,
+                self.stage.push_camera_info,
+                reliability,
+                group,
+            ),
+        ]
 
     def outputs(self, header: Header, rgb: Any, result: Any, device: torch.device) -> list[Output]:
         """The ``points`` / ``camera_info`` outputs of a segmented frame; warnings logged."""
@@ -134,8 +96,6 @@ class DepthInput:
         return status
 
     def destroy(self) -> None:
-        self.unsubscribe()
-        self._retirer.drain()
         for publisher in self._publishers.values():
             self.node.destroy_lifecycle_publisher(publisher)
         self._publishers = {}

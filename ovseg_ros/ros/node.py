@@ -291,7 +291,7 @@ class SegmentNode(LifecycleNode):
                 f"vocabulary: {', '.join(vocabulary.names)}"
             )
         for camera in self.cameras:
-            camera.set_plan(topics, self.rounds.overlay_alpha, active)
+            camera.set_plan(topics, active)
 
     def _log(self, level: str, message: str) -> None:
         getattr(self.get_logger(), level)(message)

@@ -180,26 +180,8 @@ class _CapturedGraph:
         return _map_tensors(self.static_output, torch.Tensor.clone)
 
 
-def wrap(
-    fn: Callable[[torch.Tensor], Outputs],
-    *,
-    device: torch.device | str,
-    compile: bool = False,
-    cuda_graphs: bool = False,
-    batch_size: int | None = None,
-    compile_backend: str | Callable = "inductor",
-    name: str = "backbone",
-) -> BackboneCall:
-    """A :class:`BackboneCall` for ``fn``; with both options off it simply calls ``fn``."""
-    return BackboneCall(
-        fn,
-        device=device,
-        compile=compile,
-        cuda_graphs=cuda_graphs,
-        batch_size=batch_size,
-        compile_backend=compile_backend,
-        name=name,
-    )
+# The factory name callers use; with both options off a call simply runs ``fn``.
+wrap = BackboneCall
 
 
 def _map_tensors(outputs: Outputs, op: Callable[[torch.Tensor], torch.Tensor]) -> Outputs:

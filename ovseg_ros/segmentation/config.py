@@ -285,16 +285,13 @@ class SegmenterConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SegmenterConfig:
         """Build from a mapping; unknown keys raise ``ValueError`` naming them."""
-        known = set(cls.field_names())
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown SegmenterConfig keys: {unknown}; known: {sorted(known)}")
-        return cls(**{k: _coerce(k, v) for k, v in values.items()})
+        return cls().replace(**values)
 
     def replace(self, **changes: Any) -> SegmenterConfig:
-        unknown = sorted(set(changes) - set(self.field_names()))
+        known = self.field_names()
+        unknown = sorted(set(changes) - set(known))
         if unknown:
-            raise ValueError(f"unknown SegmenterConfig keys: {unknown}")
+            raise ValueError(f"unknown SegmenterConfig keys: {unknown}; known: {sorted(known)}")
         return dataclasses.replace(self, **{k: _coerce(k, v) for k, v in changes.items()})
 
     def to_dict(self) -> dict[str, Any]:

@@ -223,14 +223,69 @@ def patch_propagation(
         raise ValueError(
             f"expected scores [N, C] with N = {features.shape[0]}, got {tuple(scores.shape)}"
         )
-    if scores.shape[0] == 0:
+    return patch_propagation_batch(
+        features[None], scores[None], centers, k=k, gamma=gamma, sigma=sigma, alpha=alpha,
+        iters=iters, tol=tol,
+    )[0]  # fmt: skip
+
+
+def patch_propagation_batch(
+    features: Tensor,
+    scores: Tensor,
+    centers: Tensor,
+    *,
+    k: int = 400,
+    gamma: float = 3.0,
+    sigma: float = 0.01,
+    alpha: float = 0.95,
+    iters: int = 10,
+    tol: float = 1e-6,
+) -> Tensor:
+    """``patch_propagation`` for ``B`` images of the same window layout at once.
+
+    Each image keeps its own kNN graph; the graphs are put on the diagonal of one sparse
+    matrix, so one CG solves every (image, class) system together (its inner products and
+    stopping rule are per image and class, as when the images are solved one by one).
+
+    Args:
+        features: ``[B, N, D]``; scores: ``[B, N, C]``; centers: ``[N, 2]`` (shared layout).
+    Returns:
+        ``[B, N, C]``, dtype and device of ``scores``.
+    """
+    b, n, c = scores.shape
+    if n == 0:
         return scores.clone()
     dtype = _work_dtype(scores)
     feats = features.to(device=scores.device, dtype=dtype)
-    s = knn_affinity(feats, centers, k=k, gamma=gamma, sigma=sigma)
-    y = scores.to(dtype)
-    out = label_propagation(lambda x: s @ x, y, alpha=alpha, iters=iters, tol=tol, reduce_dims=(0,))
+    graphs = [knn_affinity(feats[i], centers, k=k, gamma=gamma, sigma=sigma) for i in range(b)]
+    s = graphs[0] if b == 1 else _block_diagonal(graphs)
+    out = label_propagation(
+        lambda x: (s @ x.reshape(b * n, c)).reshape(b, n, c),
+        scores.to(dtype),
+        alpha=alpha,
+        iters=iters,
+        tol=tol,
+        reduce_dims=(1,),
+    )
     return out.to(scores.dtype)
+
+
+def _block_diagonal(graphs: Sequence[Tensor]) -> Tensor:
+    """``B`` sparse CSR ``[N, N]`` matrices -> the CSR ``[B N, B N]`` with them on the diagonal."""
+    n = graphs[0].shape[0]
+    crow, col, val, nnz = [graphs[0].crow_indices()], [], [], 0
+    for i, graph in enumerate(graphs):
+        if i:
+            crow.append(graph.crow_indices()[1:] + nnz)
+        col.append(graph.col_indices() + i * n)
+        val.append(graph.values())
+        nnz += graph.values().numel()
+    size = len(graphs) * n
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.cat(crow), torch.cat(col), torch.cat(val), (size, size), check_invariants=False
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -378,63 +433,5 @@ def pixel_propagation(
     graph = pixel_affinity(image.to(device=scores.device, dtype=dtype), radius=radius, tau=tau)
     out = label_propagation(
         graph.matvec, scores.to(dtype), alpha=alpha, iters=iters, tol=tol, reduce_dims=(1, 2)
-    )
-    return out.to(scores.dtype)
-
-
-def patch_propagation_batch(
-    features: Tensor,
-    scores: Tensor,
-    centers: Tensor,
-    *,
-    k: int = 400,
-    gamma: float = 3.0,
-    sigma: float = 0.01,
-    alpha: float = 0.95,
-    iters: int = 10,
-    tol: float = 1e-6,
-) -> Tensor:
-    """``patch_propagation`` for ``B`` images of the same window layout at once.
-
-    Each image keeps its own kNN graph; the graphs are put on the diagonal of one sparse
-    matrix, so one CG solves every (image, class) system together (its inner products and
-    stopping rule are per image and class, as when the images are solved one by one).
-
-    Args:
-        features: ``[B, N, D]``; scores: ``[B, N, C]``; centers: ``[N, 2]`` (shared layout).
-    Returns:
-        ``[B, N, C]``.
-    """
-    b, n, c = scores.shape
-    if b == 1:
-        return patch_propagation(
-            features[0], scores[0], centers, k=k, gamma=gamma, sigma=sigma, alpha=alpha,
-            iters=iters, tol=tol,
-        )[None]  # fmt: skip
-    if n == 0:
-        return scores.clone()
-    dtype = _work_dtype(scores)
-    feats = features.to(device=scores.device, dtype=dtype)
-    graphs = [knn_affinity(feats[i], centers, k=k, gamma=gamma, sigma=sigma) for i in range(b)]
-    crow, col, val, nnz = [graphs[0].crow_indices()], [], [], 0
-    for i, graph in enumerate(graphs):
-        if i:
-            crow.append(graph.crow_indices()[1:] + nnz)
-        col.append(graph.col_indices() + i * n)
-        val.append(graph.values())
-        nnz += graph.values().numel()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        s = torch.sparse_csr_tensor(
-            torch.cat(crow), torch.cat(col), torch.cat(val), (b * n, b * n), check_invariants=False
-        )
-    y = scores.to(dtype)
-    out = label_propagation(
-        lambda x: (s @ x.reshape(b * n, c)).reshape(b, n, c),
-        y,
-        alpha=alpha,
-        iters=iters,
-        tol=tol,
-        reduce_dims=(1,),
     )
     return out.to(scores.dtype)

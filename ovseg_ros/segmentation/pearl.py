@@ -153,7 +153,9 @@ def text_prior(text_embeddings: torch.Tensor, *, temperature: float = 0.5, boost
     return g / (g.sum(dim=1, keepdim=True) + _EPS)
 
 
-def _grid_factors(h: int, w: int, grid: int) -> tuple[int, int]:
+def tlp_pool_factors(h: int, w: int, grid: int) -> tuple[int, int]:
+    """Average-pooling kernel (= stride) ``(sh, sw)`` that takes an ``h x w`` map to about
+    ``grid x grid`` cells; ``(1, 1)`` means TLP works at full resolution."""
     return max(1, round(h / grid)), max(1, round(w / grid))
 
 
@@ -214,12 +216,6 @@ def text_aware_propagation(
     if sh > 1 or sw > 1:
         refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
     return refined.to(out_dtype)
-
-
-def tlp_pool_factors(h: int, w: int, grid: int) -> tuple[int, int]:
-    """Average-pooling kernel (= stride) ``(sh, sw)`` that takes an ``h x w`` map to about
-    ``grid x grid`` cells; ``(1, 1)`` means TLP works at full resolution."""
-    return _grid_factors(h, w, grid)
 
 
 def tlp_solve(

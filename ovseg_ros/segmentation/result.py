@@ -8,9 +8,8 @@ from functools import cached_property
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .postprocess import OutputMaps, entry_probability, reduce_scores
+from .postprocess import OutputMaps, entry_probability, reduce_scores, upsample_chunk
 from .vocabulary import Vocabulary
 
 MONO8_ENTRIES = 256  # vocabularies up to this size have uint8 label ids
@@ -84,13 +83,8 @@ class SegmentationResult:
     @cached_property
     def probabilities(self) -> np.ndarray:
         """``float32 [C, H, W]``: per entry, sums to 1 over entries. Costly (see the class)."""
-        upsampled = self._scores[None]
-        if tuple(upsampled.shape[-2:]) != self.size:
-            upsampled = F.interpolate(
-                upsampled, size=self.size, mode="bilinear", align_corners=False
-            )
         _, _, probs = reduce_scores(
-            upsampled[0],
+            upsample_chunk(self._scores, self.size),
             self._query_to_entry,
             len(self.vocabulary),
             logit_scale=self._logit_scale,

@@ -40,7 +40,6 @@ from .vocabulary import Vocabulary, build_vocabulary
 from .vocabulary_state import (
     PreparedVocabulary,
     VocabularyCancelled,
-    VocabularyState,
     as_cancel_check,
 )
 
@@ -88,7 +87,7 @@ class Segmenter:
             batch_names=max(1, clip.TEXT_BATCH // len(templates)),
         )
         self.max_windows = MAX_WINDOWS
-        self._state: VocabularyState | None = None
+        self._state: PreparedVocabulary | None = None
         self._version = 0
         self._requests = 0  # vocabulary changes asked for (a newer one supersedes the others)
         self._vocab_lock = threading.Lock()
@@ -189,9 +188,7 @@ class Segmenter:
                 raise VocabularyCancelled("vocabulary change superseded by a newer change")
             vocabulary = dataclasses.replace(prepared.vocabulary, version=self._version + 1)
             self._version = vocabulary.version
-            self._state = VocabularyState(
-                vocabulary, prepared.text, prepared.query_to_entry, prepared.offsets
-            )
+            self._state = dataclasses.replace(prepared, vocabulary=vocabulary)
             return vocabulary
 
     def set_vocabulary(self, entries: Sequence[str], *, strict: bool = True) -> Vocabulary:

@@ -21,7 +21,9 @@ class PreparedVocabulary:
     """A validated and encoded vocabulary, ready for ``Segmenter.activate_vocabulary``.
 
     ``vocabulary.version`` is 0 until activation assigns the real one. ``request`` orders the
-    changes: a prepared vocabulary older than the newest request is never activated.
+    changes: a prepared vocabulary older than the newest request is never activated. Once
+    activated (with its version) it is also the state the frame path reads (one attribute
+    read: atomic).
     """
 
     vocabulary: Vocabulary
@@ -31,16 +33,6 @@ class PreparedVocabulary:
     request: int
     encoded: int  # names the text model had to encode (the others came from the cache)
     seconds: float  # time spent preparing
-
-
-@dataclass(frozen=True)
-class VocabularyState:
-    """The active vocabulary as the frame path reads it (one attribute read: atomic)."""
-
-    vocabulary: Vocabulary
-    text: torch.Tensor
-    query_to_entry: torch.Tensor
-    offsets: tuple[int, ...]
 
 
 def as_cancel_check(cancel: object) -> Callable[[], bool] | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import sys
@@ -62,6 +61,7 @@ from ovseg_ros.tools.common import (
     positive_int,
     read_params,
     size_arg,
+    write_json,
 )
 
 SIZES = ("640x480", "1280x720")
@@ -400,16 +400,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         document = {"meta": _meta(args, plan), "records": records}
-        text = json.dumps(document, indent=2)
-        if json_stdout:
-            print(text, flush=True)
-        else:
-            try:
-                with open(args.json, "w", encoding="utf-8") as handle:
-                    handle.write(text + "\n")
-            except OSError as exc:
-                print(f"error: cannot write {args.json}: {exc}", file=log)
-                return EXIT_USAGE
+        if not write_json(args.json, document, log):
+            return EXIT_USAGE
     failed = sum("error" in rec for rec in records)
     if failed:
         print(f"{failed} configuration(s) failed (see the warnings above)", file=log)

@@ -8,12 +8,11 @@ one row per case; ``--json FILE`` (``-``: stdout) writes the rows.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
 
-from ovseg_ros.tools.common import EXIT_USAGE
+from ovseg_ros.tools.common import EXIT_USAGE, write_json
 
 FLAG = "--points"
 
@@ -65,11 +64,6 @@ def main(argv: list[str]) -> int:
         args.repeat,
         print_fn=lambda line: print(line, file=out, flush=True),
     )
-    if args.json:
-        text = json.dumps(rows, indent=2)
-        if to_stdout:
-            print(text)
-        else:
-            with open(args.json, "w", encoding="utf-8") as handle:
-                handle.write(text + "\n")
+    if args.json and not write_json(args.json, rows, sys.stderr):
+        return EXIT_USAGE
     return 0

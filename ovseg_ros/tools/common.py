@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import math
 import sys
 import time
@@ -115,6 +116,22 @@ def fmt(value: float | None, digits: int = 2) -> str:
     if value is None or not math.isfinite(value):
         return "-"
     return f"{value:.{digits}f}"
+
+
+def write_json(path: str, document: Any, log: TextIO) -> bool:
+    """``document`` as indented JSON to ``path`` (``-``: stdout); False (reported on ``log``)
+    when the file cannot be written."""
+    text = json.dumps(document, indent=2)
+    if path == "-":
+        print(text, flush=True)
+        return True
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    except OSError as exc:
+        print(f"error: cannot write {path}: {exc}", file=log)
+        return False
+    return True
 
 
 # -- argument types ------------------------------------------------------------------------------

@@ -339,7 +339,7 @@ def evaluate_metric_on_ray(
     equal a single-process run's. Every node must see the dataset at ``dataset.root``.
     """
     from ovseg_ros.evaluation.metrics import SegmentationMetric
-    from ovseg_ros.tools.replay_many import FrameProgress
+    from ovseg_ros.tools.common import Progress
 
     count = len(dataset) if limit is None else min(limit, len(dataset))
     ray, started_here = connect(address)
@@ -347,7 +347,11 @@ def evaluate_metric_on_ray(
     stage_sums: dict[str, float] = {}
     segment_s = 0.0
     interrupted = False
-    progress = FrameProgress(count, enabled=show_progress)
+    progress = (
+        Progress(count, prog=f"ovseg-evaluate {dataset.key}", unit="image")
+        if show_progress
+        else None
+    )
     start = time.perf_counter()
     try:
         shape = actor_shape(ray.cluster_resources(), actors)
@@ -369,11 +373,12 @@ def evaluate_metric_on_ray(
                     metric, stages, seconds = ray.get(ref)
                 except Exception as exc:
                     raise RuntimeError(f"evaluation on Ray failed: {_describe(exc)}") from exc
-                _add_metric(total, metric)
+                total.merge(metric)
                 for stage, value in stages.items():
                     stage_sums[stage] = stage_sums.get(stage, 0.0) + value
                 segment_s += seconds
-                progress.advance(metric.num_images)
+                if progress is not None:
+                    progress.update(metric.num_images)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -381,7 +386,8 @@ def evaluate_metric_on_ray(
                 ray.cancel(ref, force=True)
             pool.close(ray)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
         if started_here:
             ray.shutdown()
     from ovseg_ros.tools.evaluate import run_timing
@@ -389,12 +395,3 @@ def evaluate_metric_on_ray(
     timing = run_timing(time.perf_counter() - start, total.num_images, segment_s, stage_sums)
     timing["ray_actors"] = shape.count
     return total, timing, interrupted
-
-
-def _add_metric(total: Any, part: Any) -> None:
-    """Add a chunk's accumulated counts to ``total`` (both ``SegmentationMetric``)."""
-    total._counts += part._counts  # (C, C+1): the confusion matrix and the missed-pixel column
-    total.boundary_intersection += part.boundary_intersection
-    total.boundary_union += part.boundary_union
-    total.invalid_gt_pixels += part.invalid_gt_pixels
-    total.num_images += part.num_images

@@ -43,6 +43,7 @@ from ovseg_ros.tools.common import (
     fmt,
     markdown_table,
     positive_float,
+    write_json,
 )
 from ovseg_ros.tools.node_bench_procs import (
     CAMERA_TOPIC,
@@ -56,6 +57,8 @@ from ovseg_ros.tools.node_bench_procs import (
     WARMUP_S,
     Listener,
     Process,
+    latencies_ms,
+    percentiles,
     wait_for,
 )
 
@@ -151,16 +154,6 @@ def _camera(
     if done.returncode != 0:
         raise RuntimeError(f"camera process failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _latencies_ms(sent: list[int], arrivals: dict[int, int]) -> np.ndarray:
-    return np.array([(arrivals[s] - s) / 1e6 for s in sent if s in arrivals], dtype=np.float64)
-
-
-def _percentiles(values: np.ndarray) -> dict[str, float | None]:
-    if values.size == 0:
-        return {"p50": None, "p90": None, "p99": None}
-    return {f"p{q}": float(np.percentile(values, q)) for q in (50, 90, 99)}
 
 
 def _counters(diag: dict[str, str]) -> dict[str, int]:
@@ -271,10 +264,10 @@ def bench_one(
         echo.stop()
 
     sent = shot["stamps"]
-    e2e = _latencies_ms(sent, labels)
-    floor = _latencies_ms(floor_shot["stamps"], echoes)
+    e2e = latencies_ms(sent, labels)
+    floor = latencies_ms(floor_shot["stamps"], echoes)
     engine = _engine_ms(after[-1])  # the node's window: warm-up frames are in it too
-    e2e_p, floor_p = _percentiles(e2e), _percentiles(floor)
+    e2e_p, floor_p = percentiles(e2e), percentiles(floor)
     parts = (e2e_p["p50"], engine["p50"], floor_p["p50"])
     overhead = None if None in parts else parts[0] - parts[1] - parts[2]
     final = after[-1]
@@ -439,15 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_count": os.cpu_count(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        text = json.dumps({"meta": meta, "records": records}, indent=2)
-        if json_stdout:
-            print(text, flush=True)
-        else:
-            try:
-                Path(args.json).write_text(text + "\n", encoding="utf-8")
-            except OSError as exc:
-                print(f"error: cannot write {args.json}: {exc}", file=log)
-                return 2
+        if not write_json(args.json, {"meta": meta, "records": records}, log):
+            return 2
     return 1 if any("error" in r for r in records) else 0
 
 

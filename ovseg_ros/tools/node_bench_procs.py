@@ -1,5 +1,6 @@
 """The processes of ``ovseg-bench --node`` besides the node: a camera, an echo (the transport
-floor), and this process's listener (labels and /diagnostics), plus child-process handling.
+floor), and this process's listener (labels and /diagnostics), plus child-process handling
+and the latency arithmetic (also used by ``scripts/dds_delivery.py``).
 
 The camera and the echo run as ``python -m ovseg_ros.tools.node_bench_procs camera|echo ...``;
 they need only rclpy and sensor_msgs.
@@ -64,9 +65,8 @@ class Listener:
 
     def _on_label(self, topic: str, msg: Any) -> None:
         now = time.time_ns()
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         with self.lock:
-            self.arrivals[topic].setdefault(stamp, now)
+            self.arrivals[topic].setdefault(stamp_ns(msg), now)
 
     def _on_diag(self, msg: Any) -> None:
         now = time.time_ns()
@@ -149,7 +149,66 @@ def wait_for(
         time.sleep(0.05)
 
 
+# -- latencies --------------------------------------------------------------------------------
+
+
+def stamp_ns(msg: Any) -> int:
+    """A message's header stamp in ns (the camera's wall-clock publish time)."""
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def latencies_ms(sent: list[int], arrivals: dict[int, int]) -> np.ndarray:
+    """``[K]`` arrival - publish times (ms) of the ``sent`` stamps that arrived."""
+    return np.array([(arrivals[s] - s) / 1e6 for s in sent if s in arrivals], dtype=np.float64)
+
+
+def percentiles(values: np.ndarray) -> dict[str, float | None]:
+    """p50 / p90 / p99 of ``values`` (None each when empty)."""
+    if values.size == 0:
+        return {"p50": None, "p90": None, "p99": None}
+    return {f"p{q}": float(np.percentile(values, q)) for q in (50, 90, 99)}
+
+
 # -- the child roles: camera and echo ---------------------------------------------------------
+
+
+def wait_for_subscriber(publisher: Any, timeout: float) -> bool:
+    """Wait (up to ``timeout`` s) until ``publisher`` has a subscriber, then half a second for
+    the subscriber's side of the match; whether one was seen."""
+    deadline = time.monotonic() + timeout
+    while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    matched = publisher.get_subscription_count() > 0
+    time.sleep(0.5)
+    return matched
+
+
+def publish_at_rate(publisher: Any, msg: Any, count: int, rate: float) -> list[int]:
+    """Publish ``msg`` ``count`` times at ``rate`` Hz, each stamped with the wall clock (shared
+    by every process on the machine); the stamps (ns)."""
+    stamps, start = [], time.monotonic()
+    for i in range(count):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        now = time.time_ns()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 1_000_000_000)
+        publisher.publish(msg)
+        stamps.append(now)
+    return stamps
+
+
+def spin_until_stdin_closes(node: Any) -> None:
+    """Spin ``node`` until this process's stdin closes (the parent's stop signal), then shut
+    rclpy down."""
+    import rclpy
+
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    while not stop.is_set():
+        rclpy.spin_once(node, timeout_sec=0.05)
+    node.destroy_node()
+    rclpy.try_shutdown()
 
 
 def _frame(width: int, height: int) -> bytes:
@@ -172,30 +231,15 @@ def camera_main(topic: str, width: int, height: int, rate: float, duration: floa
     node = rclpy.create_node("ovseg_bench_camera")
     qos = QoSProfile(depth=CAMERA_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
     publisher = node.create_publisher(Image, topic, qos)
-    deadline = time.monotonic() + 30
-    while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # the subscriber's side of the match
+    wait_for_subscriber(publisher, 30)
     msg = Image(height=height, width=width, encoding="rgb8", step=width * 3)
     msg.header.frame_id = "camera"
     msg.data = _frame(width, height)  # converted once, reused for every frame
 
-    def burst(count: int) -> list[int]:
-        stamps, start = [], time.monotonic()
-        for i in range(count):
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            now = time.time_ns()  # wall clock, shared by every process on the machine
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 1_000_000_000)
-            publisher.publish(msg)
-            stamps.append(now)
-        return stamps
-
-    burst(max(1, round(WARMUP_S * rate)))
+    publish_at_rate(publisher, msg, max(1, round(WARMUP_S * rate)), rate)
     time.sleep(PAUSE_S)
     start_ns = time.time_ns()
-    stamps = burst(max(1, round(duration * rate)))
+    stamps = publish_at_rate(publisher, msg, max(1, round(duration * rate)), rate)
     end_ns = time.time_ns()
     time.sleep(0.5)  # a reliable writer finishes its repairs
     node.destroy_node()
@@ -243,12 +287,7 @@ def echo_main(reliability: str) -> None:
     node.create_subscription(
         Image, ECHO_IN, on_frame, QoSProfile(depth=NODE_DEPTH, reliability=policy)
     )
-    stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    while not stop.is_set():
-        rclpy.spin_once(node, timeout_sec=0.05)
-    node.destroy_node()
-    rclpy.try_shutdown()
+    spin_until_stdin_closes(node)
 
 
 def child_main(argv: list[str]) -> int:

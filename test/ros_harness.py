@@ -1,0 +1,95 @@
+"""Shared scaffolding of the DDS tests: a private domain id per test module, polling, an rclpy
+context, executors spinning on daemon threads, and ``SegmentNode`` running in-process.
+
+Everything is real rclpy over DDS; nothing here replaces a ROS part.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import Executor, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"preset": "tiny", "device": "cpu", "templates": "single"}  # fast text encoding
+
+
+def private_domain_id() -> int:
+    """A random ROS domain id in 1..200: call once per test module, so that test runs of
+    different engineers on one machine never cross-talk."""
+    return random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, poll: float = 0.02) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` s passed; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return predicate()
+
+
+@contextmanager
+def ros_context(domain_id: int) -> Iterator[Context]:
+    """A fresh rclpy context (its own DDS participant) on ``domain_id``, shut down on exit."""
+    context = Context()
+    rclpy.init(context=context, domain_id=domain_id)
+    try:
+        yield context
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+def spin_in_thread(node: Node, context: Context, threads: int = 1) -> Executor:
+    """An executor (multi-threaded for ``threads`` > 1) spinning ``node`` on a daemon thread,
+    which ends at ``executor.shutdown()``."""
+    executor = (
+        SingleThreadedExecutor(context=context)
+        if threads == 1
+        else MultiThreadedExecutor(num_threads=threads, context=context)
+    )
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    return executor
+
+
+def segment_node(context: Context, overrides: dict, *ros_args: str, **kwargs):
+    """``SegmentNode`` in this process with parameter ``overrides`` and command-line
+    ``ros_args`` (``-r`` remaps, ``--params-file``); ``kwargs``: node name, namespace."""
+    from ovseg_ros.ros.node import SegmentNode  # the node (torch) only where a test runs one
+
+    return SegmentNode(
+        context=context,
+        cli_args=["--ros-args", *ros_args],
+        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
+        **kwargs,
+    )
+
+
+def stop_node(node, executor: Executor) -> None:
+    """Stop spinning an in-process ``SegmentNode``, release its models, destroy it."""
+    executor.shutdown()
+    node.close()
+    node.destroy_node()
+
+
+@contextmanager
+def running_segment_node(context: Context, overrides: dict, *ros_args: str, **kwargs):
+    """:func:`segment_node` spinning on a 4-thread executor until the block ends."""
+    node = segment_node(context, overrides, *ros_args, **kwargs)
+    executor = spin_in_thread(node, context, threads=4)
+    try:
+        yield node
+    finally:
+        stop_node(node, executor)
