@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's ovseg_ros, installed or not
 
-from ovseg_ros.tools.common import size_arg  # noqa: E402
+from ovseg_ros.tools.cli import size_arg  # noqa: E402
 from ovseg_ros.tools.node_bench_procs import (  # noqa: E402
     latencies_ms,
     percentiles,

@@ -49,7 +49,7 @@ from ovseg_ros.tools.bench_measure import (
     synthetic_vocabulary,
     warn,
 )
-from ovseg_ros.tools.common import (
+from ovseg_ros.tools.cli import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,

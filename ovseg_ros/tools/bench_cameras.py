@@ -30,7 +30,7 @@ from ovseg_ros.segmentation.methods import METHODS
 from ovseg_ros.segmentation.segmenter import Segmenter, build_segmenter, check_device
 from ovseg_ros.segmentation.weights import WeightsNotFoundError
 from ovseg_ros.tools.bench_measure import StreamingTable, describe, warn
-from ovseg_ros.tools.common import (
+from ovseg_ros.tools.cli import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,

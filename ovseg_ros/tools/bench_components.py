@@ -21,7 +21,7 @@ from ovseg_ros.tools.bench_measure import (
     synthetic_image,
     warn,
 )
-from ovseg_ros.tools.common import fmt
+from ovseg_ros.tools.cli import fmt
 
 # Shapes of the CLIP / DINO ViT-B/16 the full preset runs (the components mode uses these).
 VIT_HEADS, VIT_HEAD_DIM, DINO_DIM, TEXT_DIM, PATCH = 12, 64, 768, 512, 16

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from ovseg_ros.tools.common import markdown_table
+from ovseg_ros.tools.cli import markdown_table
 
 # Common object names for realistic vocabularies (COCO's 80 things + indoor/outdoor stuff).
 OBJECT_NAMES: tuple[str, ...] = (

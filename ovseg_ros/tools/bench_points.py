@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from ovseg_ros.tools.common import EXIT_USAGE, write_json
+from ovseg_ros.tools.cli import EXIT_USAGE, write_json
 
 FLAG = "--points"
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from ovseg_ros.segmentation.config import PRESETS
 from ovseg_ros.segmentation.methods import METHODS
-from ovseg_ros.tools.common import EXIT_FAILED, EXIT_USAGE
+from ovseg_ros.tools.cli import EXIT_FAILED, EXIT_USAGE
 
 DEFAULT_NAMESPACE = "/ovseg_demo"
 MAX_DOMAIN_ID = 232  # the highest id Fast DDS / Cyclone DDS map to valid ports

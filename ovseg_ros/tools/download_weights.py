@@ -24,7 +24,7 @@ from ovseg_ros.segmentation.weights import (
     sources_for,
     verify_file,
 )
-from ovseg_ros.tools.common import (
+from ovseg_ros.tools.cli import (
     EXIT_FAILED,
     EXIT_USAGE,
     UsageError,

@@ -39,7 +39,7 @@ from ovseg_ros.evaluation.datasets import (
 )
 from ovseg_ros.evaluation.metrics import MetricResult, SegmentationMetric
 from ovseg_ros.segmentation.methods import method_spec
-from ovseg_ros.tools.common import (
+from ovseg_ros.tools.cli import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,

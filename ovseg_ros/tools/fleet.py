@@ -339,7 +339,7 @@ def evaluate_metric_on_ray(
     equal a single-process run's. Every node must see the dataset at ``dataset.root``.
     """
     from ovseg_ros.evaluation.metrics import SegmentationMetric
-    from ovseg_ros.tools.common import Progress
+    from ovseg_ros.tools.cli import Progress
 
     count = len(dataset) if limit is None else min(limit, len(dataset))
     ray, started_here = connect(address)

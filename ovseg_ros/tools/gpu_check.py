@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ovseg_ros.tools.common import EXIT_FAILED, EXIT_OK
+from ovseg_ros.tools.cli import EXIT_FAILED, EXIT_OK
 from ovseg_ros.tools.gpu_report import (
     StepResult,
     build_report,

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ovseg_ros.tools.common import fmt, markdown_table
+from ovseg_ros.tools.cli import fmt, markdown_table
 
 REPORT_NAME = "gpu_check_report"
 

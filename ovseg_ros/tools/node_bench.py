@@ -37,7 +37,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ovseg_ros.tools.common import (
+from ovseg_ros.tools.cli import (
     add_sizes_argument,
     add_weights_arguments,
     fmt,

@@ -38,7 +38,7 @@ from typing import Any
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS
 from ovseg_ros.pipeline import string_list
 from ovseg_ros.tools.bag_io import STORAGES
-from ovseg_ros.tools.common import (
+from ovseg_ros.tools.cli import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,

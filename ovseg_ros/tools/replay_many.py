@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ovseg_ros.tools.common import (
+from ovseg_ros.tools.cli import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -231,13 +231,13 @@ def fill_report(report: BagReport, stats: Any) -> None:
 class FrameProgress:
     """One bar for the whole run (frames done / total, frames/s, ETA) plus printed lines.
 
-    The tools' shared :class:`~ovseg_ros.tools.common.Progress`; ``advance`` takes negative
+    The tools' shared :class:`~ovseg_ros.tools.cli.Progress`; ``advance`` takes negative
     steps too (a failed attempt's frames are taken back before its retry). Disabled, only
     the lines are printed.
     """
 
     def __init__(self, total: int, enabled: bool = True, stream: TextIO | None = None) -> None:
-        from ovseg_ros.tools.common import Progress
+        from ovseg_ros.tools.cli import Progress
 
         self.stream = stream or sys.stderr
         self.bar = Progress(total, prog=PROG, stream=self.stream) if enabled else None

@@ -18,7 +18,7 @@ from typing import Any
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS
 from ovseg_ros.pipeline import class_confidence_topics
 from ovseg_ros.tools.bag_io import STORAGES, BagError, bag_storage, looks_like_bag, open_reader
-from ovseg_ros.tools.common import UsageError
+from ovseg_ros.tools.cli import UsageError
 from ovseg_ros.tools.replay_points import DepthOptions, check_depth_topics
 
 PROG = "ovseg-replay"

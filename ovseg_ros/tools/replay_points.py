@@ -23,7 +23,7 @@ import numpy as np
 
 from ovseg_ros.pipeline import CAMERA_INFO, POINTS, Output
 from ovseg_ros.points_stage import PointsSettings, PointsStage, stamp_ns
-from ovseg_ros.tools.common import UsageError
+from ovseg_ros.tools.cli import UsageError
 
 POINTCLOUD2_TYPE = "sensor_msgs/msg/PointCloud2"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"

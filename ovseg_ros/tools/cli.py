@@ -1,5 +1,6 @@
-"""What every command-line tool shares: usage errors and exit codes, progress, Markdown
-tables, and reading a node params file (through :mod:`ovseg_ros.params`)."""
+"""What every command-line tool shares: usage errors and exit codes, progress (named after the
+program that shows it), Markdown tables, argument types, and reading a node params file
+(through :mod:`ovseg_ros.params`)."""
 
 from __future__ import annotations
 
