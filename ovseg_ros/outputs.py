@@ -1,7 +1,12 @@
-"""Output encodings shared by the ROS node and the offline replay tool (no ROS needed).
+"""What a segmented frame produces, shared by the ROS node and the offline replay tool (no ROS).
 
 The node and ``ovseg-replay`` must write identical messages for the same result, so the
-choices live here: label image encoding, vocabulary JSON, per-class topic names, overlay.
+choices live here: the typed outputs of a frame (:class:`ImageOutput`, :class:`CloudOutput`,
+:class:`CameraInfoOutput`), the label image encoding, the vocabulary JSON, per-class topic
+names and the overlay.
+
+Output names (``suffix``) are relative to a camera's output namespace (``~`` or ``~/<camera>``
+in the node, ``--namespace`` in replay).
 """
 
 from __future__ import annotations
@@ -10,10 +15,103 @@ import json
 import re
 import unicodedata
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from ovseg_ros.points import PointCloudData, PointsError, scale_camera_info
 from ovseg_ros.segmentation.vocabulary import Vocabulary
+from ovseg_ros.stamps import split_ns
+
+# Topic suffixes below a camera's output namespace.
+LABELS = "labels"
+CONFIDENCE = "confidence"  # also the prefix of the per-class topics "confidence/<class>"
+OVERLAY = "overlay"
+POINTS = "points"
+CAMERA_INFO = "camera_info"
+
+
+@dataclass(frozen=True)
+class ImageOutput:
+    """One ``sensor_msgs/Image`` output: ``array`` ``[H, W]`` or ``[H, W, 3]`` in the
+    sensor_msgs ``encoding``, published on ``suffix`` with the input frame's header."""
+
+    suffix: str
+    array: np.ndarray
+    encoding: str
+
+
+@dataclass(frozen=True)
+class CloudOutput:
+    """The labelled ``sensor_msgs/PointCloud2`` of a frame: the color frame's stamp, the depth
+    image's ``frame_id``."""
+
+    cloud: PointCloudData
+    frame_id: str
+
+
+@dataclass(frozen=True)
+class CameraInfoOutput:
+    """A ``sensor_msgs/CameraInfo`` (every field but the header, as plain values), published
+    with the labels' header. ``roi``: ``(x_offset, y_offset, height, width, do_rectify)``."""
+
+    height: int
+    width: int
+    distortion_model: str
+    d: tuple[float, ...]
+    k: tuple[float, ...]
+    r: tuple[float, ...]
+    p: tuple[float, ...]
+    binning_x: int
+    binning_y: int
+    roi: tuple[int, int, int, int, bool]
+
+    @classmethod
+    def from_message(cls, msg: Any) -> CameraInfoOutput:
+        """The fields of a CameraInfo message (rclpy or rosbags)."""
+        roi = msg.roi
+        return cls(
+            height=int(msg.height),
+            width=int(msg.width),
+            distortion_model=str(msg.distortion_model),
+            d=tuple(float(v) for v in msg.d),
+            k=tuple(float(v) for v in msg.k),
+            r=tuple(float(v) for v in msg.r),
+            p=tuple(float(v) for v in msg.p),
+            binning_x=int(msg.binning_x),
+            binning_y=int(msg.binning_y),
+            roi=(
+                int(roi.x_offset),
+                int(roi.y_offset),
+                int(roi.height),
+                int(roi.width),
+                bool(roi.do_rectify),
+            ),
+        )
+
+    def scaled_to(self, width: int, height: int) -> CameraInfoOutput | None:
+        """The same view described at ``width x height`` (the labels' size); None when it
+        cannot be scaled (a size of 0, K/P of the wrong length)."""
+        if (self.width, self.height) == (width, height):
+            return self
+        try:
+            scaled = scale_camera_info(self.k, self.p, self.width, self.height, width, height)
+        except PointsError:
+            return None
+        return CameraInfoOutput(
+            height=scaled["height"],
+            width=scaled["width"],
+            distortion_model=self.distortion_model,
+            d=self.d,
+            k=tuple(scaled["k"]),
+            r=self.r,
+            p=tuple(scaled["p"]),
+            binning_x=self.binning_x,
+            binning_y=self.binning_y,
+            roi=(0, 0, 0, 0, False),  # the ROI was in the other resolution
+        )
+
 
 MONO8_MAX_ENTRIES = 256  # label ids 0..255 fit in mono8
 MONO16_MAX_ENTRIES = 65536
@@ -49,7 +147,7 @@ def vocabulary_json(vocab: Vocabulary, valid_from: Mapping[str, int] | None = No
     """
     data = vocab.to_json_dict()
     data["valid_from"] = {
-        camera: {"sec": stamp // 1_000_000_000, "nanosec": stamp % 1_000_000_000}
+        camera: dict(zip(("sec", "nanosec"), split_ns(stamp), strict=True))
         for camera, stamp in (valid_from or {}).items()
     }
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))

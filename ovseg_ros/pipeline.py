@@ -1,54 +1,39 @@
 """The frame pipeline shared by the node and ``ovseg-replay`` (no ROS needed).
 
-message fields -> RGB (:mod:`ovseg_ros.image_conversion`) -> ``SegmentationResult`` ->
-a list of named :class:`Output` s. The node and the replay tool only add the input header,
-serialise and publish / write, so both produce identical messages for the same frame.
+message -> RGB (:mod:`ovseg_ros.image_conversion`) -> ``SegmentationResult`` -> the frame's
+typed outputs (:class:`FrameResult`): image outputs (``labels``: mono8, mono16 above 256
+entries; ``confidence``: 32FC1, the winning class's probability; ``confidence/<class>``:
+32FC1, one per requested class; ``overlay``: rgb8), and with a depth side the labelled cloud
+and the camera model. The node and the replay tool only add the header, serialise and publish
+/ write, so both produce identical messages for the same frame.
 
-Output names are relative to a camera's output namespace (``~`` in the node, ``--namespace``
-in replay): ``labels`` (mono8, mono16 above 256 entries), ``confidence`` (32FC1, the winning
-class's probability), ``confidence/<class>`` (32FC1, one per requested class) and ``overlay``
-(rgb8, only when requested). An :class:`Output` has a ``kind``; every output here is an
-``"image"``, and other kinds (a point cloud) carry their own array layout.
+Several cameras' frames go through :func:`process_frames` as one round: decoded, segmented
+by one ``segment_batch`` call, then each frame's outputs.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS, ImageConversionError, message_to_rgb
-from ovseg_ros.outputs import confidence_topic_suffix, labels_image, render_overlay
-
-LABELS = "labels"
-CONFIDENCE = "confidence"
-OVERLAY = "overlay"
-IMAGE = "image"
-POINTS = "points"  # Output kind and topic suffix of the labelled cloud
-CAMERA_INFO = "camera_info"  # Output kind and topic suffix of the republished camera model
-
-
-@dataclass(frozen=True)
-class Output:
-    """One message's payload.
-
-    ``suffix``: topic name below the camera's output namespace (``"confidence/person"``).
-    ``kind`` ``"image"``: ``array`` is [H, W] or [H, W, 3] in the sensor_msgs ``encoding``.
-    ``kind`` ``"points"``: ``payload`` is the :class:`~ovseg_ros.points.PointCloudData`
-    (``array`` its bytes); ``kind`` ``"camera_info"``: ``payload`` is the CameraInfo fields
-    (:mod:`ovseg_ros.points_stage`). ``frame_id``: replaces the input header's (a cloud is in
-    the depth image's frame); None keeps it.
-    """
-
-    suffix: str
-    array: np.ndarray
-    encoding: str
-    kind: str = IMAGE
-    payload: Any = None
-    frame_id: str | None = None
+from ovseg_ros.outputs import (
+    CONFIDENCE,
+    LABELS,
+    OVERLAY,
+    POINTS,
+    CameraInfoOutput,
+    CloudOutput,
+    ImageOutput,
+    confidence_topic_suffix,
+    labels_image,
+    render_overlay,
+)
+from ovseg_ros.points_stage import PointsStage
 
 
 @dataclass(frozen=True)
@@ -63,14 +48,44 @@ class OutputPlan:
     overlay_alpha: float | None = None
 
 
+@dataclass(frozen=True)
+class FrameInput:
+    """One camera's frame for :func:`process_frames`.
+
+    ``msg``: an Image or CompressedImage (rclpy or rosbags). ``wanted``: the optional outputs
+    someone listens to (suffixes: per-class confidences, ``overlay``, ``points``); None = all.
+    ``depth``: the camera's points stage, None without depth. Frames larger than
+    ``max_pixels`` are refused before decoding.
+    """
+
+    msg: Any
+    compressed: bool
+    plan: OutputPlan = OutputPlan()
+    wanted: Container[str] | None = None
+    max_pixels: int | None = MAX_IMAGE_PIXELS
+    depth: PointsStage | None = None
+
+    def wants(self, suffix: str) -> bool:
+        return self.wanted is None or suffix in self.wanted
+
+
 @dataclass
 class FrameResult:
-    """A segmented frame: its RGB [H, W, 3], the engine's result, the outputs, the timing."""
+    """A segmented frame: its RGB ``[H, W, 3]``, the engine's result and the typed outputs.
 
+    ``images`` in publishing order (labels first); ``cloud`` / ``camera_info`` only with a
+    depth side; ``warnings``: about the depth side, already throttled. ``inference_s``: the
+    round's ``segment_batch`` time (what each of its frames waited for its result).
+    """
+
+    header: Any
     rgb: np.ndarray
     result: Any
-    outputs: list[Output]
+    images: list[ImageOutput]
     inference_s: float
+    cloud: CloudOutput | None = None
+    camera_info: CameraInfoOutput | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def string_list(value: Any, name: str) -> list[str]:
@@ -110,73 +125,35 @@ def class_confidence_topics(
     return topics, missing
 
 
-def frame_outputs(
-    rgb: np.ndarray,
-    result: Any,
-    plan: OutputPlan,
-    wanted: Callable[[str], bool] | None = None,
-) -> list[Output]:
-    """The outputs of one segmented frame. ``wanted(suffix)`` can skip optional outputs
-    (per-class confidences, overlay) nobody listens to; labels and confidence are always made.
-    """
+def image_outputs(rgb: np.ndarray, result: Any, frame: FrameInput) -> list[ImageOutput]:
+    """The image outputs of one segmented frame: labels and confidence always, per-class
+    confidences and the overlay when planned and wanted."""
     vocabulary = result.vocabulary
     # label_ids: uint8 as they left the device (mono8 without a copy) up to 256 entries
     encoding, labels = labels_image(result.label_ids, len(vocabulary))
     outputs = [
-        Output(LABELS, labels, encoding),
-        Output(CONFIDENCE, np.ascontiguousarray(result.confidence, dtype=np.float32), "32FC1"),
+        ImageOutput(LABELS, labels, encoding),
+        ImageOutput(CONFIDENCE, np.ascontiguousarray(result.confidence, dtype=np.float32), "32FC1"),
     ]
-    for suffix, index in plan.class_topics.items():
-        if index < len(vocabulary) and (wanted is None or wanted(suffix)):
+    for suffix, index in frame.plan.class_topics.items():
+        if index < len(vocabulary) and frame.wants(suffix):
             probability = np.ascontiguousarray(result.probability_of(index), dtype=np.float32)
-            outputs.append(Output(suffix, probability, "32FC1"))
-    if plan.overlay_alpha is not None and (wanted is None or wanted(OVERLAY)):
-        overlay = render_overlay(rgb, result.label_ids, vocabulary, plan.overlay_alpha)
-        outputs.append(Output(OVERLAY, overlay, "rgb8"))
+            outputs.append(ImageOutput(suffix, probability, "32FC1"))
+    alpha = frame.plan.overlay_alpha
+    if alpha is not None and frame.wants(OVERLAY):
+        overlay = render_overlay(rgb, result.label_ids, vocabulary, alpha)
+        outputs.append(ImageOutput(OVERLAY, overlay, "rgb8"))
     return outputs
-
-
-def process_frame(
-    segmenter: Any,
-    msg: Any,
-    compressed: bool,
-    plan: OutputPlan,
-    wanted: Callable[[str], bool] | None = None,
-    *,
-    max_pixels: int | None = MAX_IMAGE_PIXELS,
-) -> FrameResult:
-    """Decode ``msg`` (Image or CompressedImage, rclpy or rosbags), segment it, make outputs.
-
-    Raises :class:`~ovseg_ros.image_conversion.ImageConversionError` for an undecodable
-    frame, or one of more than ``max_pixels`` pixels (kind ``"limit"``, found before
-    decoding), before the segmenter runs.
-    """
-    rgb = message_to_rgb(msg, compressed, max_pixels=max_pixels)
-    started = time.perf_counter()
-    result = segmenter.segment(rgb)
-    inference = time.perf_counter() - started
-    return FrameResult(rgb, result, frame_outputs(rgb, result, plan, wanted), inference)
-
-
-@dataclass(frozen=True)
-class FrameInput:
-    """One camera's frame for :func:`process_frames`: as the arguments of :func:`process_frame`."""
-
-    msg: Any
-    compressed: bool
-    plan: OutputPlan
-    wanted: Callable[[str], bool] | None = None
-    max_pixels: int | None = MAX_IMAGE_PIXELS
 
 
 def process_frames(
     segmenter: Any, frames: Sequence[FrameInput]
 ) -> list[FrameResult | ImageConversionError]:
-    """:func:`process_frame` for several cameras' frames, segmented in one ``segment_batch``.
+    """Decode, segment (one ``segment_batch`` for the round) and make every frame's outputs.
 
-    Each result equals :func:`process_frame` of that frame alone. An undecodable frame gives
-    its :class:`ImageConversionError` in its place; the others are still segmented.
-    ``inference_s`` is the whole batch's (the time each frame waited for its result).
+    Each result equals :func:`process_frame` of that frame alone. An undecodable frame, or one
+    of more than its ``max_pixels`` (kind ``"limit"``, found before decoding), gives its
+    :class:`ImageConversionError` in its place; the others are still segmented.
     """
     decoded: list[np.ndarray | ImageConversionError] = []
     for frame in frames:
@@ -194,6 +171,22 @@ def process_frames(
             out.append(rgb)
             continue
         result = next(results)
-        outputs = frame_outputs(rgb, result, frame.plan, frame.wanted)
-        out.append(FrameResult(rgb, result, outputs, inference))
+        header = frame.msg.header
+        done = FrameResult(header, rgb, result, image_outputs(rgb, result, frame), inference)
+        if frame.depth is not None:
+            depth = frame.depth.outputs(
+                header, rgb, result, segmenter.device, cloud=frame.wants(POINTS)
+            )
+            done.cloud, done.camera_info = depth.cloud, depth.camera_info
+            done.warnings = depth.warnings
+        out.append(done)
     return out
+
+
+def process_frame(segmenter: Any, frame: FrameInput) -> FrameResult:
+    """:func:`process_frames` for one frame; raises its
+    :class:`~ovseg_ros.image_conversion.ImageConversionError` instead of returning it."""
+    (done,) = process_frames(segmenter, [frame])
+    if isinstance(done, ImageConversionError):
+        raise done
+    return done

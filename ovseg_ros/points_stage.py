@@ -3,9 +3,9 @@
 Depth frames and camera_info messages (rclpy or rosbags objects) are pushed as they arrive;
 after a color frame is segmented, :meth:`PointsStage.outputs` pairs it with the depth frame of
 nearest stamp (:class:`~ovseg_ros.points.DepthPairer`), back-projects the labels
-(:func:`~ovseg_ros.points.build_cloud`, on the engine's device) and returns the ``points``
-and ``camera_info`` :class:`~ovseg_ros.pipeline.Output` s. Bad input never raises: the cloud
-is skipped, counted by kind, and a warning is returned at most once per kind per
+(:func:`~ovseg_ros.points.build_cloud`, on the engine's device) and returns the frame's
+:class:`DepthOutputs`: the cloud and the camera model. Bad input never raises: the cloud is
+skipped, counted by kind, and a warning is returned at most once per kind per
 ``warn_interval`` (so one noisy problem does not hide another).
 """
 
@@ -14,13 +14,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from ovseg_ros.pipeline import CAMERA_INFO, POINTS, Output
+from ovseg_ros.log_throttle import KindThrottle
+from ovseg_ros.outputs import CameraInfoOutput, CloudOutput
 from ovseg_ros.points import (
     CameraModel,
     DepthPairer,
@@ -29,9 +30,8 @@ from ovseg_ros.points import (
     build_cloud,
     class_ids,
     decode_depth,
-    scale_camera_info,
 )
-from ovseg_ros.ros.log_throttle import KindThrottle  # ROS-free
+from ovseg_ros.stamps import stamp_ns, stamp_text
 
 # Why a color frame got no cloud (diagnostics keys ``clouds_skipped_<kind>``).
 SKIP_KINDS = (
@@ -44,9 +44,15 @@ SKIP_KINDS = (
 DEPTH_CAPACITY = 4  # depth frames kept for pairing: no backlog
 
 
-def stamp_ns(stamp: Any) -> int:
-    """A ``builtin_interfaces/Time`` as integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+@dataclass
+class DepthOutputs:
+    """The depth side of one segmented frame: its cloud (None when skipped or not wanted), the
+    camera model at the labels' size (None before a usable camera_info) and the warnings to
+    log (already throttled)."""
+
+    cloud: CloudOutput | None = None
+    camera_info: CameraInfoOutput | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,7 @@ class PointsStage:
             model, error = CameraModel.from_message(msg), ""
         except PointsError as exc:
             model, error = None, str(exc)
-        self.pairer.camera_info = (msg, model, error)
+        self.pairer.camera_info = (CameraInfoOutput.from_message(msg), model, error)
 
     def set_settings(self, settings: PointsSettings) -> None:
         """New cloud parameters, from the next frame on (validated by the caller)."""
@@ -143,36 +149,35 @@ class PointsStage:
         rgb: np.ndarray,
         result: Any,
         device: torch.device | str = "cpu",
-    ) -> tuple[list[Output], list[str]]:
-        """``(outputs, warnings)`` for a segmented color frame with ``header``.
+        *,
+        cloud: bool = True,
+    ) -> DepthOutputs:
+        """The depth outputs of a segmented color frame with ``header``.
 
-        Outputs: ``camera_info`` (the latest one, scaled to the labels' size, for the labels'
-        header) once one was received, and ``points`` when the frame has a depth partner and
-        the inputs are valid. ``rgb``: ``uint8 [H, W, 3]``; ``result``: the engine's result
-        (``labels``, ``confidence`` ``[H, W]`` and ``vocabulary``). Warnings: throttled
-        per kind; never raises for bad input.
+        ``camera_info``: the latest one, scaled to the labels' size, once one was received.
+        ``cloud``: when the frame has a depth partner and the inputs are valid (and
+        ``cloud`` is true: nobody listening, nothing built). ``rgb``: ``uint8 [H, W, 3]``;
+        ``result``: the engine's result (``labels``, ``confidence`` ``[H, W]`` and
+        ``vocabulary``). Never raises for bad input.
         """
-        outputs: list[Output] = []
-        warnings: list[str] = []
-        color_ns = stamp_ns(header.stamp)
-        depth_msg = self.pairer.pair(color_ns)
+        out = DepthOutputs()
         info = self.pairer.camera_info
         height, width = result.labels.shape[:2]
         if info is not None:
-            camera_info = self._camera_info_output(info[0], width, height)
-            if camera_info is not None:
-                outputs.append(camera_info)
+            out.camera_info = info[0].scaled_to(width, height)
+        if not cloud:
+            return out
+        color_ns = stamp_ns(header.stamp)
+        depth_msg = self.pairer.pair(color_ns)
         skip = self._check(info, depth_msg, color_ns)
         if skip is None:
-            skip = self._cloud(info[1], depth_msg, rgb, result, device, outputs, warnings)
+            skip = self._cloud(info[1], depth_msg, rgb, result, device, out)
         if skip is not None:
             kind, detail = skip
             with self._lock:
                 self._skipped[kind] += 1
-            warning = self._throttled(kind, f"no point cloud: {detail}")
-            if warning:
-                warnings.append(warning)
-        return outputs, warnings
+            self._warn(out, kind, f"no point cloud: {detail}")
+        return out
 
     def counters(self) -> dict[str, int]:
         """Counters for ``/diagnostics``: inputs received, pairing, clouds published/skipped."""
@@ -197,7 +202,7 @@ class PointsStage:
                 return "unpaired", "no depth image received yet"
             return "unpaired", (
                 f"no depth image within depth_sync_tolerance {tolerance:g} s of the color stamp"
-                f" {_seconds(color_ns)} (latest depth stamp {_seconds(latest)}, "
+                f" {stamp_text(color_ns)} (latest depth stamp {stamp_text(latest)}, "
                 f"{(latest - color_ns) * 1e-9:+.3f} s)"
             )
         if info is None:
@@ -213,8 +218,7 @@ class PointsStage:
         rgb: np.ndarray,
         result: Any,
         device: torch.device | str,
-        outputs: list[Output],
-        warnings: list[str],
+        out: DepthOutputs,
     ) -> tuple[str, str] | None:
         try:
             depth = decode_depth(
@@ -234,68 +238,22 @@ class PointsStage:
         settings = self.settings
         ids, missing = class_ids(settings.classes, result.vocabulary)
         if missing:
-            warning = self._throttled(
+            self._warn(
+                out,
                 "points_classes",
                 f"points_classes not in the vocabulary (no points of them): {', '.join(missing)}",
             )
-            if warning:
-                warnings.append(warning)
         try:
             cloud = build_cloud(
                 depth, model, result.labels, result.confidence, rgb, settings.options(ids), device
             )
         except PointsError as exc:
             return "bad_depth", str(exc)
-        outputs.append(
-            Output(POINTS, cloud.data, "", POINTS, cloud, frame_id=str(depth_msg.header.frame_id))
-        )
+        out.cloud = CloudOutput(cloud, frame_id=str(depth_msg.header.frame_id))
         with self._lock:
             self._published += 1
         return None
 
-    def _camera_info_output(self, msg: Any, width: int, height: int) -> Output | None:
-        fields = camera_info_fields(msg)
-        if (fields["width"], fields["height"]) != (width, height):
-            try:
-                fields.update(
-                    scale_camera_info(
-                        fields["k"], fields["p"], fields["width"], fields["height"], width, height
-                    )
-                )
-            except PointsError:
-                return None  # a size of 0 or a K/P of the wrong length: nothing to describe
-            fields["roi"] = (0, 0, 0, 0, False)  # the ROI was in the other resolution
-        return Output(CAMERA_INFO, np.zeros(0, np.uint8), "", CAMERA_INFO, fields)
-
-    def _throttled(self, kind: str, text: str) -> str | None:
-        return text if self._warnings.admit(kind) is not None else None
-
-
-def camera_info_fields(msg: Any) -> dict[str, Any]:
-    """The fields of a CameraInfo (rclpy or rosbags) except the header, as plain values.
-
-    ``roi``: ``(x_offset, y_offset, height, width, do_rectify)``.
-    """
-    roi = msg.roi
-    return {
-        "height": int(msg.height),
-        "width": int(msg.width),
-        "distortion_model": str(msg.distortion_model),
-        "d": [float(v) for v in msg.d],
-        "k": [float(v) for v in msg.k],
-        "r": [float(v) for v in msg.r],
-        "p": [float(v) for v in msg.p],
-        "binning_x": int(msg.binning_x),
-        "binning_y": int(msg.binning_y),
-        "roi": (
-            int(roi.x_offset),
-            int(roi.y_offset),
-            int(roi.height),
-            int(roi.width),
-            bool(roi.do_rectify),
-        ),
-    }
-
-
-def _seconds(ns: int) -> str:
-    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
+    def _warn(self, out: DepthOutputs, kind: str, text: str) -> None:
+        if self._warnings.admit(kind) is not None:
+            out.warnings.append(text)

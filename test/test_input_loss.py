@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
-from ovseg_ros.ros.input_loss import NS_PER_S, InputLossEstimator, stamp_ns
+from ovseg_ros.ros.input_loss import InputLossEstimator
+from ovseg_ros.stamps import NS_PER_S, split_ns, stamp_ns, stamp_text
 
 PERIOD_30HZ = NS_PER_S // 30
 
@@ -26,7 +29,9 @@ def true_lost(kept: np.ndarray) -> int:
 
 
 def test_stamp_ns():
-    assert stamp_ns(3, 25) == 3 * NS_PER_S + 25
+    assert stamp_ns(SimpleNamespace(sec=3, nanosec=25)) == 3 * NS_PER_S + 25
+    assert split_ns(3 * NS_PER_S + 25) == (3, 25)
+    assert stamp_text(3 * NS_PER_S + 500) == "3.000000500"
 
 
 def test_regular_stream_loses_nothing():

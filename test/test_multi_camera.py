@@ -34,7 +34,6 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from ovseg_ros.ros.parameters import DEFAULT_CLASSES, camera_names
-from ovseg_ros.ros.worker import Frame, Stats, Worker
 from ovseg_ros.segmentation import SegmenterConfig, build_segmenter
 
 DOMAIN_ID = private_domain_id()
@@ -250,47 +249,6 @@ def test_cameras_read_only_at_runtime(cams, ovseg) -> None:
     assert [c.key for c in ovseg.cameras] == CAMERAS
 
 
-def test_worker_batch_mode_hands_over_whole_rounds() -> None:
-    """ROS-free: with batch=True the worker gets one list per round, one (newest) frame per
-    camera; an exception counts an error for every camera of the round and the worker goes on."""
-    rounds: list[list[tuple[str, int]]] = []
-    entered, release = threading.Event(), threading.Event()
-
-    def process(frames: list[Frame]) -> None:
-        if not rounds:
-            entered.set()
-            release.wait(10)  # hold the first round while the others queue up
-        rounds.append([(f.camera, f.message) for f in frames])
-        if any(f.message == "bad" for f in frames):
-            raise RuntimeError("engine failed")
-
-    stats = Stats()
-    worker = Worker(process, lambda: None, stats, lambda m: None, batch=True)
-    worker.start()
-    try:
-        worker.submit(Frame("front", 0, False))
-        assert entered.wait(10)  # the worker holds round 1
-        for n in range(1, 6):  # front floods; left and right send one each
-            worker.submit(Frame("front", n, False))
-        worker.submit(Frame("left", 100, False))
-        worker.submit(Frame("right", 200, False))
-        release.set()
-        assert wait_until(lambda: len(rounds) == 2, 20)
-        assert rounds == [[("front", 0)], [("front", 5), ("left", 100), ("right", 200)]]
-        assert stats.snapshot()["front"].dropped == 4
-        worker.submit(Frame("left", "bad", False))
-        worker.submit(Frame("right", 201, False))
-        assert wait_until(lambda: len(rounds) == 3, 20)
-        assert wait_until(lambda: stats.total("errors") == 2, 20)
-        snapshot = stats.snapshot()
-        assert (snapshot["left"].errors, snapshot["right"].errors) == (1, 1)
-        worker.submit(Frame("right", 202, False))  # still running
-        assert wait_until(lambda: len(rounds) == 4, 20)
-    finally:
-        release.set()
-        worker.stop(5)
-
-
 # -- outputs -----------------------------------------------------------------------------------
 
 
@@ -447,30 +405,3 @@ def test_vocabulary_change_reaches_every_camera_in_one_version(cams, ovseg, refe
     (result,) = cams.set_parameters(Parameter("classes", value=DEFAULT_CLASSES))
     assert result.successful
 
-
-# -- benchmark command line --------------------------------------------------------------------
-
-
-def test_bench_cameras_command_line(tmp_path, capsys) -> None:
-    from ovseg_ros.tools.bench import main as bench_main
-
-    out = tmp_path / "cameras.json"
-    argv = ["--cameras", "1", "2", "--methods", "maskclip", "--preset", "tiny", "--devices"]
-    argv += ["cpu", "--size", "64x48", "--repeat", "1", "--json", str(out)]
-    assert bench_main(argv) == 0
-    records = json.loads(out.read_text())["records"]
-    assert [(r["method"], r["device"], r["cameras"], r["size"]) for r in records] == [
-        ("maskclip", "cpu", 1, "64x48"),
-        ("maskclip", "cpu", 2, "64x48"),
-    ]
-    for record in records:
-        assert record["batched_fps"] > 0 and record["one_by_one_fps"] > 0
-        assert record["speedup"] == pytest.approx(
-            record["batched_fps"] / record["one_by_one_fps"], rel=1e-6
-        )
-    table = capsys.readouterr().out
-    assert "| maskclip | cpu | fp32 | 2 | 64x48 |" in table
-    with pytest.raises(SystemExit) as exit_info:
-        bench_main(["--cameras", "0"])
-    assert exit_info.value.code == 2
-    assert bench_main(["--cameras", "1", "--devices", "tpu"]) == 2

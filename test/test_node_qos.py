@@ -300,15 +300,15 @@ def test_depth_inputs_follow_their_publishers(context, peer) -> None:
     node = next(nodes)
     camera = rclpy.create_node("rgbd_camera", context=peer.context)
     try:
-        depth_input = node.cameras[0].depth
-        assert depth_input is not None
+        rgbd = node.cameras[0]
+        assert rgbd.depth is not None
 
         def policies() -> list[ReliabilityPolicy]:
             return [s.qos_profile.reliability for s, _ in node.cameras[0].adaptive()]
 
         assert policies() == [BE, BE, BE]  # no publisher yet
-        depth_topic = node.resolve_topic_name(depth_input.depth_topic)
-        info_topic = node.resolve_topic_name(depth_input.info_topic)
+        depth_topic = node.resolve_topic_name(rgbd.depth_topic)
+        info_topic = node.resolve_topic_name(rgbd.info_topic)
         camera.create_publisher(Image, depth_topic, RELIABLE)
         assert wait_until(lambda: policies() == [BE, R, BE], 15)
         info = camera.create_publisher(CameraInfo, info_topic, RELIABLE)

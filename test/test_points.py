@@ -435,7 +435,7 @@ def test_pointcloud2_message_read_back():
     pytest.importorskip("sensor_msgs.msg")
     from std_msgs.msg import Header
 
-    from ovseg_ros.ros.pointcloud import to_pointcloud2
+    from ovseg_ros.ros.output_messages import cloud_message
 
     scene = _scene([0.0] * 5)
     step, data = _depth_message(scene["z"], "32FC1", np.zeros((H, W), bool))
@@ -450,7 +450,7 @@ def test_pointcloud2_message_read_back():
         cloud = build_cloud(depth, model, labels, confidence, rgb, PointsOptions(2, organized))
         expected = cloud.points
         for use_py in (False, True):
-            msg = to_pointcloud2(cloud, Header(frame_id="camera_depth_optical_frame"), use_py)
+            msg = cloud_message(cloud, Header(frame_id="camera_depth_optical_frame"), use_py)
             assert (msg.height, msg.width, msg.point_step) == (cloud.height, cloud.width, 24)
             assert msg.row_step == 24 * msg.width and msg.header.frame_id.endswith("optical_frame")
             got = read_cloud(msg.fields, msg.data, msg.point_step, msg.width, msg.height)

@@ -1,23 +1,20 @@
 """ovseg_ros.points_stage without ROS: pairing, per-kind throttled warnings, counters, settings,
-the republished camera_info, and ``ovseg-bench --points``.
+the republished camera_info (``test_bench.py``: ``ovseg-bench points``).
 
 Messages are plain objects with the sensor_msgs attribute names (what rosbags gives replay).
 """
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from test_points import H, K, W, _depth_message, _scene
 
-from ovseg_ros.pipeline import CAMERA_INFO, POINTS
 from ovseg_ros.points import PointsError
 from ovseg_ros.points_stage import SKIP_KINDS, PointsSettings, PointsStage
 from ovseg_ros.segmentation.vocabulary import build_vocabulary
-from ovseg_ros.tools.bench import main as bench_main
 
 VOCABULARY = build_vocabulary(["floor", "person; man", "box"], version=1)
 
@@ -78,37 +75,41 @@ class Clock:
         return self.now
 
 
-def run(stage: PointsStage, sec: int, nanosec: int = 0, size=(H, W)):
+def run(stage: PointsStage, sec: int, nanosec: int = 0, size=(H, W), cloud: bool = True):
+    """``(cloud or None, camera_info or None, warnings)`` of a color frame at ``sec.nanosec``."""
     rgb = np.zeros((*size, 3), np.uint8)
-    return stage.outputs(header(sec, nanosec, "color"), rgb, result(*size))
+    out = stage.outputs(header(sec, nanosec, "color"), rgb, result(*size), cloud=cloud)
+    return out.cloud, out.camera_info, out.warnings
 
 
 def test_outputs_counters_and_per_kind_throttling():
     clock = Clock()
     stage = PointsStage(0.02, PointsSettings(depth_min=0.5), warn_interval=5.0, clock=clock)
-    outputs, warnings = run(stage, 1)  # nothing received yet
-    assert outputs == [] and len(warnings) == 1 and "no depth image received" in warnings[0]
+    cloud, info, warnings = run(stage, 1)  # nothing received yet
+    assert (cloud, info) == (None, None) and len(warnings) == 1
+    assert "no depth image received" in warnings[0]
     stage.push_depth(depth_msg(2))
-    outputs, warnings = run(stage, 2)  # depth, no camera_info
-    assert outputs == [] and "no camera_info" in warnings[0]
+    cloud, info, warnings = run(stage, 2)  # depth, no camera_info
+    assert (cloud, info) == (None, None) and "no camera_info" in warnings[0]
     stage.push_camera_info(info_msg(k=[0.0] * 9))
-    outputs, warnings = run(stage, 2)
-    assert [o.kind for o in outputs] == [CAMERA_INFO] and "focal lengths" in warnings[0]
+    cloud, info, warnings = run(stage, 2)
+    assert cloud is None and info is not None and "focal lengths" in warnings[0]
     stage.push_camera_info(info_msg())
-    outputs, warnings = run(stage, 2, 15_000_000)  # 15 ms off: paired
-    assert [o.kind for o in outputs] == [CAMERA_INFO, POINTS] and warnings == []
-    cloud = outputs[1].payload
-    assert outputs[1].frame_id == "depth" and cloud.num_valid == cloud.width == H * W
-    outputs, warnings = run(stage, 2, 25_000_000)  # 25 ms off: unpaired, throttled already
-    assert [o.kind for o in outputs] == [CAMERA_INFO] and warnings == []
+    cloud, info, warnings = run(stage, 2, 15_000_000)  # 15 ms off: paired
+    assert cloud is not None and info is not None and warnings == []
+    assert cloud.frame_id == "depth" and cloud.cloud.num_valid == cloud.cloud.width == H * W
+    cloud, info, warnings = run(stage, 2, 25_000_000)  # 25 ms off: unpaired, throttled already
+    assert cloud is None and info is not None and warnings == []
     clock.now = 5.1
-    outputs, warnings = run(stage, 3)
+    _, _, warnings = run(stage, 3)
     assert "depth_sync_tolerance 0.02 s" in warnings[0] and "-1.000 s" in warnings[0]
     stage.push_depth(depth_msg(4, encoding="mono16"))
-    assert "unsupported depth encoding" in run(stage, 4)[1][0]  # its own kind: not throttled
+    assert "unsupported depth encoding" in run(stage, 4)[2][0]  # its own kind: not throttled
     stage.push_depth(depth_msg(5))
     stage.push_camera_info(info_msg(width=W + 2))
-    assert "depth image is" in run(stage, 5)[1][0]
+    assert "depth image is" in run(stage, 5)[2][0]
+    cloud, info, warnings = run(stage, 5, cloud=False)  # nobody listens: nothing built
+    assert cloud is None and info is not None and warnings == []
     counters = stage.counters()
     assert counters == {
         "depth_received": 3,
@@ -129,13 +130,13 @@ def test_class_filter_by_name_and_settings():
     stage = PointsStage(0.02, PointsSettings(classes=("box", "unicorn")))
     stage.push_depth(depth_msg(1))
     stage.push_camera_info(info_msg())
-    outputs, warnings = run(stage, 1)
+    cloud, _, warnings = run(stage, 1)
     assert "unicorn" in warnings[0]
-    cloud = outputs[-1].payload
+    cloud = cloud.cloud
     labels = cloud.points["label"]
     assert (labels == 2).all() and cloud.width == H * (W - W // 2)
     stage.set_settings(PointsSettings(stride=2, organized=True))
-    cloud = run(stage, 1)[0][-1].payload
+    cloud = run(stage, 1)[0].cloud
     assert (cloud.height, cloud.width) == ((H + 1) // 2, (W + 1) // 2)
     with pytest.raises(PointsError):
         PointsSettings.from_values({"depth_min": 3.0, "depth_max": 2.0})
@@ -152,21 +153,11 @@ def test_camera_info_scaled_to_the_labels():
     stage = PointsStage()
     stage.push_camera_info(info_msg())
     stage.push_depth(depth_msg(1))
-    outputs, _ = run(stage, 1, size=(H * 2, W * 2))
-    info = next(o.payload for o in outputs if o.kind == CAMERA_INFO)
-    assert (info["width"], info["height"]) == (W * 2, H * 2)
+    _, info, _ = run(stage, 1, size=(H * 2, W * 2))
+    assert (info.width, info.height) == (W * 2, H * 2)
     expected = [K[0] * 2, 0, (K[2] + 0.5) * 2 - 0.5, 0, K[4] * 2, (K[5] + 0.5) * 2 - 0.5, 0, 0, 1]
-    np.testing.assert_allclose(info["k"], expected)
-    assert info["d"] == [0.0] * 5 and info["roi"] == (0, 0, 0, 0, False)
+    np.testing.assert_allclose(info.k, expected)
+    assert info.d == (0.0,) * 5 and info.roi == (0, 0, 0, 0, False)
+    _, same, _ = run(stage, 1)  # the labels' own size: the input's model as it is
+    assert (same.width, same.height, same.k) == (W, H, tuple(float(v) for v in K))
 
-
-def test_bench_points_cli(capsys):
-    assert bench_main(["--points", "--size", "64x48", "--repeat", "2", "--json", "-"]) == 0
-    captured = capsys.readouterr()
-    rows = json.loads(captured.out)
-    assert {(r["device"], r["stride"], r["organized"]) for r in rows} >= {
-        ("cpu", 1, False),
-        ("cpu", 2, True),
-    }
-    assert all(r["ms"] > 0 for r in rows) and "points 64x48" in captured.err
-    assert bench_main(["--points", "--size", "0x3"]) == 2

@@ -12,19 +12,30 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 
 from ovseg_ros.ros.diagnostics import NodeInfo, segmentation_status
+from ovseg_ros.ros.stats import Stats, StatsSnapshot, combined
 from ovseg_ros.ros.versions import VersionLog
-from ovseg_ros.ros.worker import (
-    Frame,
-    FrameSlots,
-    PendingChanges,
-    Stats,
-    StatsSnapshot,
-    Worker,
-    combined,
-)
+from ovseg_ros.ros.worker import Changes, Frame, FrameSlots, PendingChanges, Worker
 from ovseg_ros.segmentation.vocabulary import build_vocabulary
 
 pytestmark = pytest.mark.timeout(60)
+
+
+class Job:
+    """A worker job (the interface of the node's RoundJob) calling ``process(frame)`` for each
+    frame of a round and collecting the errors it is told about."""
+
+    def __init__(self, process=lambda frame: None) -> None:
+        self._process, self.errors = process, []
+
+    def between_rounds(self) -> None:
+        pass
+
+    def process(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            self._process(frame)
+
+    def on_error(self, message: str) -> None:
+        self.errors.append(message)
 
 
 def wait_until(predicate, timeout: float = 5.0) -> bool:
@@ -62,7 +73,7 @@ def test_a_second_slot_absorbs_a_burst_without_building_a_lag() -> None:
 
 def test_slot_depth_follows_engine_time_against_the_camera_period() -> None:
     stats = Stats()
-    worker = Worker(lambda frame: None, lambda: None, stats, lambda m: None)
+    worker = Worker(stats)
     assert worker._slot_depth(Frame("", 0, False, period_s=0.2)) == 1  # engine time unknown
     for _ in range(5):
         stats.record_frame("", inference_s=0.07, latency_s=None)
@@ -125,8 +136,8 @@ def test_worker_drops_stale_frames_and_processes_every_camera() -> None:
         gate.wait(5)
         processed.append((frame.camera, frame.message))
 
-    worker = Worker(process, lambda: None, stats, lambda m: None)
-    worker.start()
+    worker = Worker(stats)
+    worker.start(Job(process))
     try:
         worker.submit(Frame("a", 0, False))
         assert entered.wait(5)
@@ -146,7 +157,6 @@ def test_worker_drops_stale_frames_and_processes_every_camera() -> None:
 
 def test_worker_survives_errors_and_counts_them() -> None:
     stats = Stats()
-    errors: list[str] = []
     done: list[int] = []
 
     def process(frame: Frame) -> None:
@@ -154,8 +164,10 @@ def test_worker_survives_errors_and_counts_them() -> None:
             raise RuntimeError("broken frame")
         done.append(frame.message)
 
-    worker = Worker(process, lambda: None, stats, errors.append)
-    worker.start()
+    worker = Worker(stats)
+    job = Job(process)
+    errors = job.errors
+    worker.start(job)
     try:
         worker.submit(Frame("cam", "bad", False))
         assert wait_until(lambda: stats.total("errors") == 1)
@@ -175,8 +187,8 @@ def test_drain_waits_for_the_frame_in_progress() -> None:
         release.wait(5)
         finished.set()
 
-    worker = Worker(process, lambda: None, Stats(), lambda m: None)
-    worker.start()
+    worker = Worker(Stats())
+    worker.start(Job(process))
     try:
         worker.submit(Frame("", 1, False))
         assert entered.wait(5)
@@ -187,15 +199,62 @@ def test_drain_waits_for_the_frame_in_progress() -> None:
         assert worker.stop(5)
 
 
+def test_worker_hands_over_whole_rounds() -> None:
+    """The job gets one list per round, one (newest) frame per camera; an exception counts an
+    error for every camera of the round and the worker goes on."""
+    rounds: list[list[tuple[str, int]]] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def process(frames: list[Frame]) -> None:
+        if not rounds:
+            entered.set()
+            release.wait(10)  # hold the first round while the others queue up
+        rounds.append([(f.camera, f.message) for f in frames])
+        if any(f.message == "bad" for f in frames):
+            raise RuntimeError("engine failed")
+
+    stats = Stats()
+    worker = Worker(stats)
+    job = Job()
+    job.process = process  # the whole round
+    worker.start(job)
+    try:
+        worker.submit(Frame("front", 0, False))
+        assert entered.wait(10)  # the worker holds round 1
+        for n in range(1, 6):  # front floods; left and right send one each
+            worker.submit(Frame("front", n, False))
+        worker.submit(Frame("left", 100, False))
+        worker.submit(Frame("right", 200, False))
+        release.set()
+        assert wait_until(lambda: len(rounds) == 2, 20)
+        assert rounds == [[("front", 0)], [("front", 5), ("left", 100), ("right", 200)]]
+        assert stats.snapshot()["front"].dropped == 4
+        worker.submit(Frame("left", "bad", False))
+        worker.submit(Frame("right", 201, False))
+        assert wait_until(lambda: len(rounds) == 3, 20)
+        assert wait_until(lambda: stats.total("errors") == 2, 20)
+        snapshot = stats.snapshot()
+        assert (snapshot["left"].errors, snapshot["right"].errors) == (1, 1)
+        worker.submit(Frame("right", 202, False))  # still running
+        assert wait_until(lambda: len(rounds) == 4, 20)
+    finally:
+        release.set()
+        worker.stop(5)
+
+
 def test_pending_changes_collapse_until_taken() -> None:
     pending = PendingChanges()
-    assert not pending.add()
-    assert pending.add(confidence=["a"], knobs={"tlp": False})
-    assert pending.add(confidence=["b"], knobs={"logit_scale": 2.0})
-    assert pending.take() == (["b"], {"tlp": False, "logit_scale": 2.0})
-    assert pending.take() == (None, {})
-    assert pending.add(confidence=[])  # an empty list is a change (no per-class topics)
-    assert pending.take() == ([], {})
+    assert not pending.add(Changes())
+    assert pending.add(Changes(confidence=["a"], knobs={"tlp": False}))
+    assert pending.add(Changes(confidence=["b"], overlay_alpha=0.0, knobs={"logit_scale": 2.0}))
+    assert pending.add(Changes(overlay_alpha=0.3))
+    taken = pending.take()
+    assert (taken.confidence, taken.overlay_alpha, taken.points) == (["b"], 0.3, None)
+    assert taken.knobs == {"tlp": False, "logit_scale": 2.0}
+    assert not pending.take()
+    assert pending.add(Changes(confidence=[]))  # an empty list is a change (no per-class topics)
+    assert pending.take().confidence == []
+    assert pending.add(Changes(overlay_alpha=0.0))  # 0 is a value, not "unchanged"
 
 
 # -- vocabulary versions -----------------------------------------------------------------------
@@ -229,7 +288,7 @@ def test_valid_from_maps_every_frame_to_its_version() -> None:
             messages.append(json.loads(log.new_version(vocab, ["", "aux"])))
         camera = "" if rng.random() < 0.6 else "aux"
         stamps[camera] += int(rng.integers(1, 50_000_000))
-        update = log.frame(camera, stamps[camera])
+        update = log.frames({camera: stamps[camera]})
         if update is not None:
             messages.append(json.loads(update))
         truth.append((camera, stamps[camera], log.version))
@@ -242,13 +301,17 @@ def test_versions_continue_after_release_and_loops_restamp() -> None:
     log = VersionLog()
     log.new_version(build_vocabulary(["a"], 1), [""])
     log.new_version(build_vocabulary(["b"], 2), [""])
-    assert log.frame("", 100) is not None and log.frame("", 200) is None
+    assert log.frames({"": 100}) is not None and log.frames({"": 200}) is None
+    # A round of two cameras: one message when either entry changes, none when neither does.
+    both = json.loads(log.frames({"": 150, "aux": 400}))["valid_from"]
+    assert both == {"": {"sec": 0, "nanosec": 100}, "aux": {"sec": 0, "nanosec": 400}}
+    assert log.frames({"": 500, "aux": 600}) is None
     log.release()
     first = json.loads(log.new_version(build_vocabulary(["c"], 1), [""]))
     assert first["version"] == 3 and first["valid_from"] == {}  # not 0: older images exist
-    assert json.loads(log.frame("", 300))["valid_from"] == {"": {"sec": 0, "nanosec": 300}}
+    assert json.loads(log.frames({"": 300}))["valid_from"] == {"": {"sec": 0, "nanosec": 300}}
     # A bag played in a loop: stamps go back; the entry follows so new images map here.
-    assert json.loads(log.frame("", 50))["valid_from"] == {"": {"sec": 0, "nanosec": 50}}
+    assert json.loads(log.frames({"": 50}))["valid_from"] == {"": {"sec": 0, "nanosec": 50}}
 
 
 # -- diagnostics -------------------------------------------------------------------------------

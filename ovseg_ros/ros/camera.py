@@ -1,50 +1,72 @@
-"""One camera's ROS side: its image subscription and the lifecycle publishers of its outputs.
+"""One camera's ROS side: its input subscriptions and the lifecycle publishers of its outputs.
 
-The node holds one :class:`Camera` per input (key ``""``: inputs ``image``, outputs ``~/...``;
-key ``k``: inputs ``k/image``, outputs ``~/k/...``). Output publishers are rclpy lifecycle
-publishers: they publish only while the node is active.
+The node holds one :class:`Camera` per input. Key ``""``: inputs ``image`` (or
+``<image>/compressed``), ``depth``, ``camera_info``; outputs ``~/labels``, ``~/confidence``,
+``~/confidence/<class>``, ``~/overlay``, ``~/points``, ``~/camera_info``. Key ``k``: the same
+under ``k/`` and ``~/k/``. All inputs are remappable. With depth, the camera's
+:class:`~ovseg_ros.points_stage.PointsStage` receives the depth and camera_info messages and
+builds the cloud inside the frame pipeline. Output publishers are rclpy lifecycle publishers:
+they publish only while the node is active.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import CallbackGroup
 from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode
 from rclpy.subscription import Subscription
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
-from ovseg_ros.pipeline import CONFIDENCE, IMAGE, LABELS, OVERLAY, Output, OutputPlan
+from ovseg_ros.outputs import CAMERA_INFO, CONFIDENCE, LABELS, OVERLAY, POINTS
+from ovseg_ros.pipeline import FrameResult, OutputPlan
+from ovseg_ros.points_stage import PointsStage
 from ovseg_ros.ros.adaptive_qos import OVERRIDING_OPTIONS
-from ovseg_ros.ros.depth_input import DepthInput
-from ovseg_ros.ros.input_loss import InputLossEstimator, stamp_ns
+from ovseg_ros.ros.diagnostics import points_status
+from ovseg_ros.ros.input_loss import InputLossEstimator
 from ovseg_ros.ros.inputs import Inputs, factory
-from ovseg_ros.ros.output_messages import OutputMessages
+from ovseg_ros.ros.output_messages import OutputMessages, camera_info_message, cloud_message
 from ovseg_ros.ros.qos import OUTPUT_QOS
 from ovseg_ros.ros.worker import Frame
+from ovseg_ros.stamps import stamp_ns
 
 
 class Camera:
-    """Subscription (one transport at a time) and output publishers of camera ``key``."""
+    """Subscriptions (one image transport at a time, depth + camera_info with a points stage)
+    and output publishers of camera ``key``."""
 
-    def __init__(self, node: LifecycleNode, key: str = "") -> None:
+    def __init__(self, node: LifecycleNode, key: str = "", depth: PointsStage | None = None):
         self.node, self.key = node, key
-        self.input_topic = f"{key}/image" if key else "image"
+        self.input_topic = self._name("image")
+        self.depth_topic, self.info_topic = self._name("depth"), self._name(CAMERA_INFO)
         self.prefix = f"~/{key}" if key else "~"
         self.plan = OutputPlan()
+        self.depth = depth  # the points stage (depth:=true), else None
         self._publishers = {
             suffix: node.create_lifecycle_publisher(Image, f"{self.prefix}/{suffix}", OUTPUT_QOS)
             for suffix in (LABELS, CONFIDENCE, OVERLAY)
         }
+        if depth is not None:
+            self._publishers[POINTS] = node.create_lifecycle_publisher(
+                PointCloud2, f"{self.prefix}/{POINTS}", OUTPUT_QOS
+            )
+            self._publishers[CAMERA_INFO] = node.create_lifecycle_publisher(
+                CameraInfo, f"{self.prefix}/{CAMERA_INFO}", OUTPUT_QOS
+            )
         self._class_publishers: dict[str, object] = {}  # "confidence/<class>" -> publisher
-        self.depth: DepthInput | None = None  # depth side, attached by the node with depth:=true
         self.input_loss = InputLossEstimator()  # frames lost before reaching us, from the stamps
-        self._inputs = Inputs(node)  # image, then depth and camera_info where attached
-        self._messages = OutputMessages()  # one reusable message per output topic
+        self._inputs = Inputs(node)  # image, then depth and camera_info with a points stage
+        self._messages = OutputMessages()  # one reusable message per image topic
+        self._active = False  # subscribed: publishers created now must be enabled by hand
+        self._last_points: dict[str, int] = {}  # the depth counters at the previous status
 
-    # -- input -------------------------------------------------------------------------------
+    def _name(self, topic: str) -> str:
+        return f"{self.key}/{topic}" if self.key else topic
+
+    # -- inputs ------------------------------------------------------------------------------
 
     @property
     def subscription(self) -> Subscription | None:
@@ -59,8 +81,9 @@ class Camera:
         on_incompatible: Callable[[str, QoSRequestedIncompatibleQoSInfo], None],
         group: CallbackGroup,
     ) -> str:
-        """Subscribe ``image`` (raw) or ``<resolved image>/compressed``, and depth where
-        attached; the image topic name."""
+        """Subscribe ``image`` (raw) or ``<resolved image>/compressed``, and depth +
+        camera_info with a points stage; the image topic name. ``reliability`` as the
+        ``qos_reliability`` parameter (``auto``: the QoS follower renews every input)."""
         if transport == "compressed":
             # Resolved (remapping applied) first, so -r image:=/x/image moves both.
             topic = f"{self.node.resolve_topic_name(self.input_topic)}/compressed"
@@ -74,18 +97,28 @@ class Camera:
                 self.subscription.topic_name if self.subscription else topic, info
             )
         )
-        image = factory(
-            self.node,
-            msg_type,
-            topic,
-            lambda msg: on_frame(self._frame(msg, compressed)),
-            reliability,
-            group,
-            event_callbacks=events,
-            qos_overriding_options=OVERRIDING_OPTIONS,
-        )
-        depth = self.depth.factories(reliability, group) if self.depth is not None else []
-        return self._inputs.subscribe([image, *depth])[0]
+        factories = [
+            factory(
+                self.node,
+                msg_type,
+                topic,
+                lambda msg: on_frame(self._frame(msg, compressed)),
+                reliability,
+                group,
+                event_callbacks=events,
+                qos_overriding_options=OVERRIDING_OPTIONS,
+            )
+        ]
+        if self.depth is not None:
+            stage, node = self.depth, self.node
+            factories += [
+                factory(node, Image, self.depth_topic, stage.push_depth, reliability, group),
+                factory(
+                    node, CameraInfo, self.info_topic, stage.push_camera_info, reliability, group
+                ),
+            ]
+        self._active = True
+        return self._inputs.subscribe(factories)[0]
 
     def resubscribe(self) -> str:
         """Recreate the image subscription (its reliability chosen anew); depth is kept."""
@@ -100,21 +133,22 @@ class Camera:
         self._inputs.sweep()
 
     def unsubscribe(self) -> None:
+        self._active = False
         self._inputs.unsubscribe()
         self.input_loss.clear()  # a later activation starts a new stamp sequence
 
     def _frame(self, msg: Image | CompressedImage, compressed: bool) -> Frame:
         """The worker's frame for ``msg``, with the frames lost just before it (by stamp)."""
-        stamp = stamp_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
+        stamp = stamp_ns(msg.header.stamp)
         lost = self.input_loss.update(stamp) if stamp > 0 else 0
         return Frame(self.key, msg, compressed, lost_before=lost, period_s=self.input_loss.period_s)
 
     # -- outputs -----------------------------------------------------------------------------
 
-    def set_plan(self, class_topics: Mapping[str, int], active: bool) -> None:
-        """Per-class publishers for ``class_topics`` (created / destroyed as needed); the
-        overlay opacity is added per round (:class:`~.frames.Rounds`)."""
-        self.plan = OutputPlan(class_topics=dict(class_topics))
+    def set_plan(self, class_topics: Mapping[str, int], overlay_alpha: float | None) -> None:
+        """The outputs of the next frames: per-class publishers for ``class_topics`` (created
+        / destroyed as needed) and the overlay opacity."""
+        self.plan = OutputPlan(class_topics=dict(class_topics), overlay_alpha=overlay_alpha)
         for suffix in list(self._class_publishers):
             if suffix not in class_topics:
                 self.node.destroy_lifecycle_publisher(self._class_publishers.pop(suffix))
@@ -124,25 +158,39 @@ class Camera:
                 publisher = self.node.create_lifecycle_publisher(
                     Image, f"{self.prefix}/{suffix}", OUTPUT_QOS
                 )
-                if active:  # created after on_activate: enable it ourselves
+                if self._active:  # created after on_activate: enable it ourselves
                     publisher.on_activate(None)
                 self._class_publishers[suffix] = publisher
 
-    def wants(self, suffix: str) -> bool:
-        """Optional outputs (overlay, per-class confidence) are made only while subscribed."""
-        publisher = self._publisher(suffix)
-        return publisher is not None and publisher.get_subscription_count() > 0
+    def listening(self) -> frozenset[str]:
+        """The optional outputs someone subscribes to (overlay, per-class confidence, points):
+        the others are not computed."""
+        optional = [OVERLAY, POINTS, *self._class_publishers]
+        return frozenset(
+            suffix
+            for suffix in optional
+            if (publisher := self._publisher(suffix)) is not None
+            and publisher.get_subscription_count() > 0
+        )
 
-    def publish(self, header: Header, outputs: list[Output]) -> None:
-        for output in outputs:
-            if output.kind != IMAGE:  # points, camera_info
-                if self.depth is not None:
-                    self.depth.publish(header, output)
-                continue
-            publisher = self._publisher(output.suffix)
+    def publish(self, frame: FrameResult) -> None:
+        """Publish every output of a segmented frame: the images (labels first), then the
+        cloud (the depth image's frame_id) and the camera model; log its depth warnings."""
+        header = frame.header
+        for image in frame.images:
+            publisher = self._publisher(image.suffix)
             if publisher is not None:
-                msg = self._messages.message(output.suffix, header, output.array, output.encoding)
-                publisher.publish(msg)
+                publisher.publish(
+                    self._messages.message(image.suffix, header, image.array, image.encoding)
+                )
+        if frame.cloud is not None and POINTS in self._publishers:
+            cloud_header = Header(stamp=header.stamp, frame_id=frame.cloud.frame_id)
+            self._publishers[POINTS].publish(cloud_message(frame.cloud.cloud, cloud_header))
+        if frame.camera_info is not None and CAMERA_INFO in self._publishers:
+            self._publishers[CAMERA_INFO].publish(camera_info_message(header, frame.camera_info))
+        for warning in frame.warnings:
+            where = f"camera {self.key!r}: " if self.key else ""
+            self.node.get_logger().warning(where + warning)
 
     def class_topics(self) -> dict[str, int]:
         """Resolved per-class topic names -> vocabulary entry index."""
@@ -152,15 +200,22 @@ class Camera:
             if s in self._class_publishers
         }
 
+    def points_status(self, node_name: str, active: bool) -> DiagnosticStatus | None:
+        """This camera's point cloud status (None without depth), against the last call's."""
+        if self.depth is None:
+            return None
+        counters = self.depth.counters()
+        name = f"{node_name}: points" + (f" {self.key}" if self.key else "")
+        status = points_status(name, counters, self._last_points, active)
+        self._last_points = counters
+        return status
+
     def destroy(self) -> None:
         self.unsubscribe()
         self._inputs.drain()
         for publisher in [*self._publishers.values(), *self._class_publishers.values()]:
             self.node.destroy_lifecycle_publisher(publisher)
         self._publishers, self._class_publishers = {}, {}
-        if self.depth is not None:
-            self.depth.destroy()
-            self.depth = None
 
     def _publisher(self, suffix: str):
         return self._publishers.get(suffix) or self._class_publishers.get(suffix)

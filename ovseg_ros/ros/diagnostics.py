@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
-from ovseg_ros.ros.worker import StatsSnapshot, combined
+from ovseg_ros.ros.stats import StatsSnapshot, combined
 
 INPUT_LOSS_WARN = 0.05  # share of the camera's frames lost in transport that warns
 INPUT_LOSS_HINT = 'see the README section "Large images and DDS"'

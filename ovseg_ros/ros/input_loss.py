@@ -29,12 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NS_PER_S = 1_000_000_000
-
-
-def stamp_ns(sec: int, nanosec: int) -> int:
-    """A builtin_interfaces/Time (sec, nanosec) as integer nanoseconds."""
-    return int(sec) * NS_PER_S + int(nanosec)
+from ovseg_ros.stamps import NS_PER_S
 
 
 @dataclass(frozen=True)

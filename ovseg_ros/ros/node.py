@@ -9,12 +9,13 @@ A managed (lifecycle) node, ``ovseg`` by default, that configures and activates 
 - activate: each camera subscribes to ``image`` (or ``<image>/compressed``, parameter
   ``image_transport``); ``qos_reliability`` auto is followed by :mod:`.adaptive_qos`;
 - a round: executor callbacks put frames in the worker's latest-frame slots (:mod:`.worker`);
-  the worker thread takes every waiting frame, applies queued parameter changes first
-  (:meth:`SegmentNode._apply_pending`), then :class:`~.frames.Rounds` segments the frames in
-  one batch and publishes each camera's outputs. Executor callbacks never wait on the GPU;
-- publish: labels, confidences, overlay (lifecycle publishers: nothing while inactive), the
-  point cloud after them; ``~/vocabulary`` says from which frame on each version holds
-  (:mod:`.versions`); ``/diagnostics`` every ``diagnostics_period`` (:mod:`.diagnostics`);
+  the worker thread takes every waiting frame, and its :class:`~.worker.RoundJob` applies
+  queued parameter changes, segments the frames in one batch (:mod:`ovseg_ros.pipeline`) and
+  has each camera publish its outputs. Executor callbacks never wait on the GPU, and nothing
+  of this file runs per frame;
+- publish: labels, confidences, overlay, then the point cloud and camera model (lifecycle
+  publishers: nothing while inactive); ``~/vocabulary`` says from which frame on each version
+  holds (:mod:`.versions`); ``/diagnostics`` every ``diagnostics_period`` (:mod:`.diagnostics`);
 - deactivate: unsubscribes and waits for the round in flight; cleanup: releases the models.
 
 Vocabulary changes (``classes``) are encoded on their own thread (:mod:`.vocabulary_updater`)
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from functools import partial
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -38,18 +40,25 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSPolicyKind, qos_policy_name_from_kind
 from std_msgs.msg import String
 
-from ovseg_ros.pipeline import class_confidence_topics
+from ovseg_ros.points_stage import PointsStage
 from ovseg_ros.ros import parameters
 from ovseg_ros.ros.adaptive_qos import ReliabilityFollower
 from ovseg_ros.ros.camera import Camera
-from ovseg_ros.ros.depth_input import attach_depth, points_statuses, set_points_settings
 from ovseg_ros.ros.diagnostics import node_info, node_statuses
-from ovseg_ros.ros.frames import WARN_THROTTLE_S, Rounds
 from ovseg_ros.ros.lifecycle_guard import guard_change_state
+from ovseg_ros.ros.output_messages import publish_text
 from ovseg_ros.ros.qos import VOCABULARY_QOS
+from ovseg_ros.ros.stats import Stats
 from ovseg_ros.ros.versions import VersionLog
 from ovseg_ros.ros.vocabulary_updater import VocabularyUpdater, accepted_message, pending_info
-from ovseg_ros.ros.worker import Frame, PendingChanges, Stats, Worker
+from ovseg_ros.ros.worker import (
+    WARN_THROTTLE_S,
+    Changes,
+    FrameSettings,
+    PendingChanges,
+    RoundJob,
+    Worker,
+)
 from ovseg_ros.segmentation.config import SegmenterConfig
 
 JOIN_TIMEOUT_S = 5.0  # a worker stuck in a long CPU inference is abandoned after this
@@ -64,20 +73,15 @@ class SegmentNode(LifecycleNode):
         parameters.declare(self)
         self.stats = Stats()
         self.versions = VersionLog()
-        self.rounds = Rounds(self, self.stats, self.versions, self._publish_vocabulary)
-        self.rounds.overlay_alpha = float(self._value("publish_overlay_alpha"))
-        self.worker = Worker(
-            self._process_round, self._apply_pending, self.stats, self.rounds.on_error, batch=True
-        )
+        self.worker = Worker(self.stats)
         self.cameras: list[Camera] = []  # created at configure
         self.qos_follower = ReliabilityFollower(self)  # qos_reliability auto, while active
-        self._pending = PendingChanges()
+        self._pending = PendingChanges()  # accepted parameter changes, for the worker
         # classes changes are encoded on their own thread; the worker activates them.
         self._vocabulary = VocabularyUpdater(lambda: self._segmenter, self.worker.wake, self._log)
         self._segmenter = None
         self._state_label = "unconfigured"
         self._failure = ""  # why the last configure failed, for diagnostics
-        self._confidence_classes: list[str] = []
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # Diagnostics and the vocabulary history live as long as the node.
         self._vocabulary_pub = self.create_publisher(String, "~/vocabulary", VOCABULARY_QOS)
@@ -104,13 +108,11 @@ class SegmentNode(LifecycleNode):
         result, change = parameters.check_request(self, params)
         if not result.successful:
             return result
-        set_points_settings(self.cameras, change.points)
-        if change.overlay_alpha is not None:
-            self.rounds.overlay_alpha = change.overlay_alpha
         if change.classes is not None:
             number = self._vocabulary.request(change.classes)
             self.get_logger().info(accepted_message(number, change.classes, self.versions.version))
-        if self._pending.add(change.confidence, change.knobs):
+        queued = Changes(change.confidence, change.overlay_alpha, change.points, change.knobs)
+        if self._pending.add(queued):
             self.worker.wake()
         return result
 
@@ -124,26 +126,43 @@ class SegmentNode(LifecycleNode):
             return self._configure_failed(f"invalid parameters: {exc}")
         self._pending.take()  # the parameters are read now; nothing left to apply
         self._vocabulary.cancel()
-        self._confidence_classes = settings.confidence_classes
-        self.rounds.overlay_alpha = settings.overlay_alpha
-        self.rounds.max_pixels = settings.max_pixels
         started = time.perf_counter()
         failure = self._load(settings.config, settings.classes)
         if failure:
             return self._configure_failed(failure)
-        self.cameras = [Camera(self, key) for key in settings.cameras]
-        attach_depth(self, self.cameras)
+        self.cameras = [
+            Camera(self, key, self._points_stage(settings) if settings.depth else None)
+            for key in settings.cameras
+        ]
         vocabulary = self._segmenter.vocabulary
-        self._publish_vocabulary(self.versions.new_version(vocabulary, self._camera_keys()))
+        publish_vocabulary = partial(publish_text, self._vocabulary_pub)
+        publish_vocabulary(self.versions.new_version(vocabulary, self._camera_keys()))
         self.get_logger().info(
             f"{self._segmenter.config.method} ready on {self._segmenter.config.device} in "
             f"{time.perf_counter() - started:.1f} s; vocabulary v{self.versions.version}: "
             f"{', '.join(vocabulary.names)}"
         )
-        self._update_plans(active=False)
-        self.worker.start()
+        job = RoundJob(
+            self._segmenter,
+            self.cameras,
+            settings=FrameSettings(
+                settings.confidence_classes, settings.overlay_alpha, settings.max_pixels
+            ),
+            stats=self.stats,
+            versions=self.versions,
+            publish_vocabulary=publish_vocabulary,
+            vocabulary=self._vocabulary,
+            changes=self._pending,
+            logger=self.get_logger(),
+            clock=self.get_clock(),
+        )
+        self.worker.start(job)
         self._state_label = "inactive"
         return TransitionCallbackReturn.SUCCESS
+
+    @staticmethod
+    def _points_stage(settings: parameters.NodeSettings) -> PointsStage:
+        return PointsStage(settings.depth_sync_tolerance, settings.points, WARN_THROTTLE_S)
 
     def _load(self, config: SegmenterConfig, classes: list[str]) -> str:
         """Build the segmenter (the models) with vocabulary ``classes``; "" or why it failed."""
@@ -256,48 +275,10 @@ class SegmentNode(LifecycleNode):
     def _camera_keys(self) -> list[str]:
         return [camera.key for camera in self.cameras]
 
-    # -- worker side -------------------------------------------------------------------------
-
-    def _process_round(self, frames: list[Frame]) -> None:
-        self.rounds.process(self._segmenter, self.cameras, frames)
-
-    def _apply_pending(self) -> None:
-        """Apply parameter changes between rounds (never during ``segment``)."""
-        confidence, knobs = self._pending.take()
-        segmenter = self._segmenter
-        if segmenter is None:
-            return
-        if knobs:
-            segmenter.update_config(**knobs)
-            self.get_logger().info(f"engine parameters updated: {knobs}")
-        if confidence is not None:
-            self._confidence_classes = confidence
-        activated = self._vocabulary.activate(segmenter.activate_vocabulary)
-        if activated is not None:
-            # Published before any frame labelled with it.
-            self._publish_vocabulary(
-                self.versions.new_version(activated.vocabulary, self._camera_keys())
-            )
-            self.get_logger().info(activated.message(self.versions.version))
-        if activated is not None or confidence is not None:
-            self._update_plans(active=self._state_label == "active")
-
-    def _update_plans(self, active: bool) -> None:
-        vocabulary = self._segmenter.vocabulary
-        topics, missing = class_confidence_topics(vocabulary, self._confidence_classes)
-        if missing:
-            self.get_logger().warning(
-                f"confidence_classes not in the vocabulary (no topic): {', '.join(missing)}; "
-                f"vocabulary: {', '.join(vocabulary.names)}"
-            )
-        for camera in self.cameras:
-            camera.set_plan(topics, active)
+    # -- callbacks ---------------------------------------------------------------------------
 
     def _log(self, level: str, message: str) -> None:
         getattr(self.get_logger(), level)(message)
-
-    def _publish_vocabulary(self, text: str) -> None:
-        self._vocabulary_pub.publish(String(data=text))
 
     def _incompatible(self, topic: str, info: QoSRequestedIncompatibleQoSInfo) -> None:
         if info.last_policy_kind == QoSPolicyKind.RELIABILITY and self.qos_follower.adapts(topic):
@@ -322,9 +303,10 @@ class SegmentNode(LifecycleNode):
             self.versions.version, pending,
         )  # fmt: skip
         active = self._state_label == "active"
+        points = [camera.points_status(self.get_name(), active) for camera in self.cameras]
         msg = DiagnosticArray(
             status=node_statuses(info, self._camera_keys(), snapshots, last, now - last_time)
-            + points_statuses(self.get_name(), self.cameras, active)
+            + [status for status in points if status is not None]
         )
         msg.header.stamp = self.get_clock().now().to_msg()
         try:

@@ -1,23 +1,31 @@
-"""Reusable ``sensor_msgs/Image`` messages for a camera's output topics.
+"""ROS messages from a frame's typed outputs (:mod:`ovseg_ros.outputs`).
 
-Every frame publishes images of the same size on the same topics, so each topic keeps one
-message and one payload buffer: the output array's bytes are copied once, straight into the
-buffer (no ``bytes`` object, no new buffer while the size stays the same). rclpy serialises
-the message inside ``publish``, so the buffer is free again when ``publish`` returns.
+Images: every frame publishes images of the same size on the same topics, so each topic keeps
+one message and one payload buffer (:class:`OutputMessages`): the output array's bytes are
+copied once, straight into the buffer (no ``bytes`` object, no new buffer while the size stays
+the same). rclpy serialises the message inside ``publish``, so the buffer is free again when
+``publish`` returns. The payload is an ``array.array('B')``: rclpy takes it as it is, whereas a
+numpy array or a list is checked element by element on assignment (~150 ms for a 640x480
+32FC1 image).
 
-The payload is an ``array.array('B')``: rclpy takes it as it is, whereas a numpy array or a
-list is checked element by element on assignment (~150 ms for a 640x480 32FC1 image).
+Clouds: with ``sensor_msgs_py.point_cloud2.create_cloud`` where it imports (every ROS install);
+the pip-only ROS has no ``sensor_msgs_py``, so the same message is filled from the same bytes
+there. Either way the point data is copied once, with no Python loop over points.
 """
 
 from __future__ import annotations
 
 import array
+import sys
+from typing import Any
 
 import numpy as np
-from sensor_msgs.msg import Image
-from std_msgs.msg import Header
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField, RegionOfInterest
+from std_msgs.msg import Header, String
 
 from ovseg_ros.image_conversion import image_fields_and_array
+from ovseg_ros.outputs import CameraInfoOutput
+from ovseg_ros.points import PointCloudData
 
 
 class OutputMessages:
@@ -48,3 +56,71 @@ class OutputMessages:
     def forget(self, suffix: str) -> None:
         """Drop the buffer of an output that is no longer published."""
         self._messages.pop(suffix, None)
+
+
+def camera_info_message(header: Header, info: CameraInfoOutput) -> CameraInfo:
+    """A ``sensor_msgs/CameraInfo`` with ``header`` and the fields of ``info``."""
+    x_offset, y_offset, height, width, do_rectify = info.roi
+    return CameraInfo(
+        header=header,
+        height=info.height,
+        width=info.width,
+        distortion_model=info.distortion_model,
+        d=list(info.d),
+        k=list(info.k),
+        r=list(info.r),
+        p=list(info.p),
+        binning_x=info.binning_x,
+        binning_y=info.binning_y,
+        roi=RegionOfInterest(
+            x_offset=x_offset, y_offset=y_offset, height=height, width=width, do_rectify=do_rectify
+        ),
+    )
+
+
+def cloud_message(cloud: PointCloudData, header: Header, use_sensor_msgs_py: bool = True) -> Any:
+    """A ``sensor_msgs/PointCloud2`` with ``header`` (stamp of the color frame, frame_id of the
+    depth image) and the fields, layout and bytes of ``cloud``.
+
+    ``use_sensor_msgs_py=False`` forces the fallback (tests compare both).
+    """
+    fields = [
+        PointField(name=name, offset=offset, datatype=datatype, count=count)
+        for name, offset, datatype, count in cloud.fields
+    ]
+    point_cloud2 = _point_cloud2() if use_sensor_msgs_py else None
+    # create_cloud marks its data with the host's byte order; ours is little-endian.
+    if point_cloud2 is not None and sys.byteorder == "little" and not cloud.is_bigendian:
+        msg = point_cloud2.create_cloud(header, fields, cloud.points)
+        # Given the flat array, create_cloud makes height 1 (for a 2-D array it takes height
+        # from the second axis, i.e. transposed): set the organized grid here.
+        msg.height, msg.width, msg.row_step = cloud.height, cloud.width, cloud.row_step
+        msg.is_dense = cloud.is_dense
+        return msg
+    msg = PointCloud2(
+        header=header,
+        height=cloud.height,
+        width=cloud.width,
+        fields=fields,
+        is_bigendian=cloud.is_bigendian,
+        point_step=cloud.point_step,
+        row_step=cloud.row_step,
+        is_dense=cloud.is_dense,
+    )
+    data = array.array("B")
+    data.frombytes(cloud.data)  # one memcpy; assigning an array.array skips rclpy's checks
+    msg.data = data
+    return msg
+
+
+def _point_cloud2() -> Any:
+    try:
+        from sensor_msgs_py import point_cloud2
+    except ImportError:
+        return None
+    return point_cloud2
+
+
+def publish_text(publisher: Any, text: str) -> None:
+    """Publish ``text`` as a ``std_msgs/String`` on ``publisher`` (``~/vocabulary``)."""
+    publisher.publish(String(data=text))

@@ -295,6 +295,9 @@ class NodeSettings:
     confidence_classes: list[str]
     overlay_alpha: float
     max_pixels: int
+    depth: bool  # subscribe depth + camera_info, publish the labelled cloud
+    depth_sync_tolerance: float
+    points: PointsSettings
 
 
 def read_settings(node: Node) -> NodeSettings:
@@ -310,6 +313,9 @@ def read_settings(node: Node) -> NodeSettings:
         confidence_classes=string_list(value(node, "confidence_classes"), ""),
         overlay_alpha=float(value(node, "publish_overlay_alpha")),
         max_pixels=int(value(node, "max_image_pixels")),
+        depth=bool(value(node, "depth")),
+        depth_sync_tolerance=float(value(node, "depth_sync_tolerance")),
+        points=points_settings(node),
     )
 
 

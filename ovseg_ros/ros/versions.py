@@ -14,7 +14,7 @@ new stamp, so the newest images stay mapped correctly.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from ovseg_ros.outputs import vocabulary_json
 from ovseg_ros.segmentation.vocabulary import Vocabulary
@@ -37,15 +37,18 @@ class VersionLog:
         self.valid_from = dict.fromkeys(cameras, 0) if first else {}
         return self.json()
 
-    def frame(self, camera: str, stamp_ns: int) -> str | None:
-        """Record a frame about to be published; the JSON to re-publish first, if it changed."""
+    def frames(self, stamps: Mapping[str, int]) -> str | None:
+        """Record a round of frames about to be published (camera -> stamp in nanoseconds);
+        the JSON to publish first if any camera's ``valid_from`` changed, else None."""
         if self.vocabulary is None:
             return None
-        known = self.valid_from.get(camera)
-        if known is not None and known <= stamp_ns:
-            return None
-        self.valid_from[camera] = stamp_ns
-        return self.json()
+        changed = False
+        for camera, stamp_ns in stamps.items():
+            known = self.valid_from.get(camera)
+            if known is None or known > stamp_ns:
+                self.valid_from[camera] = stamp_ns
+                changed = True
+        return self.json() if changed else None
 
     def release(self) -> None:
         """The segmenter goes away: the next one's versions continue after this one."""

@@ -1,4 +1,5 @@
-"""The node's frame worker, without ROS: latest-frame slots, per-camera stats, one thread.
+"""The node's frame worker, without ROS: latest-frame slots per camera, one thread, and what it
+does per round (:class:`RoundJob`).
 
 Every camera (key ``""`` in the single-camera mode) has one slot. A frame that arrives while
 the worker is busy replaces the one waiting in its camera's slot and is counted as dropped,
@@ -6,11 +7,16 @@ so the output follows the camera instead of lagging behind it. One exception abs
 bursts of a reliable transport (two frames delivered together after a retransmission): while
 the engine takes less than half the camera's period, a second frame may wait behind the
 first, since both are done before the next one is due; an engine slower than that keeps
-only the newest frame. The worker takes a *round*
-(every camera with a waiting frame), applies parameter changes between rounds (never during
-inference), then processes the round's frames one by one or, in batch mode, all together.
-No camera starves: whatever the others send, a waiting frame is in the next round. Executor
-callbacks only call :meth:`Worker.submit`, which never waits for the GPU.
+only the newest frame. The worker takes a *round* (the oldest waiting frame of every camera
+with one), lets the job apply parameter changes (never during inference), then hands it the
+whole round. No camera starves: whatever the others send, a waiting frame is in the next
+round. Executor callbacks only call :meth:`Worker.submit`, which never waits for the GPU.
+
+A frame's path: the camera's subscription callback -> :meth:`Worker.submit` -> the worker
+thread -> :meth:`RoundJob.process` -> :func:`ovseg_ros.pipeline.process_frames` (typed results)
+-> the vocabulary's ``valid_from`` (once per round) -> each camera's one ``publish`` call.
+Parameter changes accepted by the node's callback wait in :class:`PendingChanges` and are
+applied by :meth:`RoundJob.between_rounds`, so every frame sees one consistent set of them.
 """
 
 from __future__ import annotations
@@ -18,23 +24,20 @@ from __future__ import annotations
 import threading
 import traceback
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
-import numpy as np
+from ovseg_ros.image_conversion import ImageConversionError
+from ovseg_ros.log_throttle import KindThrottle, problem_kind, suppressed_note
+from ovseg_ros.pipeline import FrameInput, FrameResult, class_confidence_topics, process_frames
+from ovseg_ros.points_stage import PointsSettings
+from ovseg_ros.ros.stats import Stats
+from ovseg_ros.ros.versions import VersionLog
+from ovseg_ros.ros.vocabulary_updater import VocabularyUpdater
+from ovseg_ros.stamps import stamp_ns
 
-LATENCY_WINDOW = 600  # samples kept for the percentiles (~20 s at 30 Hz)
-MEDIAN_WINDOW = 15  # recent inference times that decide whether a burst can be absorbed
-COUNTERS = (
-    "received",
-    "processed",
-    "dropped",
-    "invalid",
-    "errors",
-    "qos_incompatible",
-    "input_lost",
-)
+WARN_THROTTLE_S = 5.0  # per camera and kind of problem
 
 
 @dataclass
@@ -48,110 +51,17 @@ class Frame:
     period_s: float | None = None  # the camera's estimated period, when known
 
 
-@dataclass
-class CameraStats:
-    """Counters and latency windows of one camera (guarded by :attr:`Stats.lock`)."""
+class Job(Protocol):
+    """What the worker thread runs (the node's :class:`RoundJob`)."""
 
-    received: int = 0
-    processed: int = 0
-    dropped: int = 0  # replaced in the slot before the worker took them
-    invalid: int = 0  # undecodable frames
-    errors: int = 0  # exceptions while processing
-    qos_incompatible: int = 0  # publishers whose QoS cannot match the subscription
-    input_lost: int = 0  # sent by the camera, never arrived (estimated from the stamps)
-    latency: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))  # s
-    inference: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))  # s
-    last_error: str = ""
+    def between_rounds(self) -> None:
+        """Apply queued changes; called before every round, and when woken."""
 
+    def process(self, frames: list[Frame]) -> None:
+        """Segment and publish one round: at most one frame per camera."""
 
-@dataclass(frozen=True)
-class StatsSnapshot:
-    """A consistent copy of one camera's stats (or of their sum over cameras)."""
-
-    received: int = 0
-    processed: int = 0
-    dropped: int = 0
-    invalid: int = 0
-    errors: int = 0
-    qos_incompatible: int = 0
-    input_lost: int = 0
-    latency: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [N] seconds
-    inference: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [N] seconds
-    last_error: str = ""
-
-
-class Stats:
-    """Per-camera stats shared by the worker, the executor callbacks and diagnostics."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self._cameras: dict[str, CameraStats] = {}
-
-    def camera(self, key: str) -> CameraStats:
-        """The live stats of camera ``key`` (created on first use); lock to read several."""
-        with self.lock:
-            return self._cameras.setdefault(key, CameraStats())
-
-    def count(self, camera: str, counter: str, n: int = 1) -> None:
-        if counter not in COUNTERS:
-            raise KeyError(f"unknown counter {counter!r}")
-        stats = self.camera(camera)
-        with self.lock:
-            setattr(stats, counter, getattr(stats, counter) + n)
-
-    def record_frame(self, camera: str, inference_s: float, latency_s: float | None) -> None:
-        """A processed frame: its inference time and, for stamped frames, now - stamp."""
-        stats = self.camera(camera)
-        with self.lock:
-            stats.processed += 1
-            stats.inference.append(inference_s)
-            if latency_s is not None:
-                stats.latency.append(latency_s)
-
-    def median_inference(self, camera: str) -> float | None:
-        """Median of the camera's recent inference times (s), None before its first frame."""
-        stats = self.camera(camera)
-        with self.lock:
-            recent = list(stats.inference)[-MEDIAN_WINDOW:]
-        return float(np.median(recent)) if recent else None
-
-    def record_error(self, camera: str, error: str) -> None:
-        stats = self.camera(camera)
-        with self.lock:
-            stats.errors += 1
-            stats.last_error = error
-
-    def total(self, counter: str) -> int:
-        """A counter summed over cameras."""
-        with self.lock:
-            return sum(getattr(s, counter) for s in self._cameras.values())
-
-    def snapshot(self) -> dict[str, StatsSnapshot]:
-        """Camera key -> a copy of its stats."""
-        with self.lock:
-            return {key: _copy(stats) for key, stats in self._cameras.items()}
-
-
-def _copy(stats: CameraStats) -> StatsSnapshot:
-    return StatsSnapshot(
-        **{name: getattr(stats, name) for name in COUNTERS},
-        latency=np.array(stats.latency, dtype=np.float64),
-        inference=np.array(stats.inference, dtype=np.float64),
-        last_error=stats.last_error,
-    )
-
-
-def combined(snapshots: dict[str, StatsSnapshot]) -> StatsSnapshot:
-    """The sum over cameras (latencies concatenated; the last error of any camera)."""
-    parts = list(snapshots.values())
-    if not parts:
-        return StatsSnapshot()
-    return StatsSnapshot(
-        **{name: sum(getattr(p, name) for p in parts) for name in COUNTERS},
-        latency=np.concatenate([p.latency for p in parts]),
-        inference=np.concatenate([p.inference for p in parts]),
-        last_error=next((p.last_error for p in reversed(parts) if p.last_error), ""),
-    )
+    def on_error(self, message: str) -> None:
+        """A round or a change failed (already counted in the stats): report it."""
 
 
 class FrameSlots:
@@ -199,28 +109,19 @@ class FrameSlots:
 
 
 class Worker:
-    """One thread: ``between_rounds()``, then ``process(frame)`` for each frame of a round,
-    or with ``batch=True`` ``process(frames)`` once with the round's frames (one per camera).
+    """One thread: ``job.between_rounds()``, then ``job.process(frames)`` with the round.
 
     An exception in either is counted in the stats of the cameras concerned (``""`` for
-    ``between_rounds``) and reported to ``on_error(message)``; the worker keeps going.
+    ``between_rounds``) and reported to ``job.on_error``; the worker keeps going.
     """
 
-    def __init__(
-        self,
-        process: Callable[[Any], None],
-        between_rounds: Callable[[], None],
-        stats: Stats,
-        on_error: Callable[[str], None],
-        *,
-        batch: bool = False,
-    ) -> None:
-        self._process, self._between_rounds, self._batch = process, between_rounds, batch
-        self.stats, self._on_error = stats, on_error
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
         self.slots = FrameSlots()
         self._busy = threading.Lock()  # held during a round
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._job: Job | None = None
 
     def submit(self, frame: Frame) -> None:
         """Executor side: count the frame and put it in its slot; returns at once."""
@@ -240,7 +141,9 @@ class Worker:
     def wake(self) -> None:
         self.slots.wake()
 
-    def start(self) -> None:
+    def start(self, job: Job) -> None:
+        """Run ``job`` on the worker thread (started now, or already running)."""
+        self._job = job
         if self._thread is not None:
             return
         self._stop.clear()
@@ -265,27 +168,26 @@ class Worker:
         self.slots.wake()
         thread, self._thread = self._thread, None
         if thread is None or thread is threading.current_thread():
+            self._job = None
             return True
         thread.join(timeout)
-        return not thread.is_alive()
+        stopped = not thread.is_alive()
+        if stopped:
+            self._job = None
+        return stopped
 
     def _run(self) -> None:
         while not self._stop.is_set():
             frames = self.slots.take_round(timeout=0.2)
-            if self._stop.is_set():
+            job = self._job
+            if self._stop.is_set() or job is None:
                 break
             with self._busy:
-                self._guarded([""], self._between_rounds)
-                if self._batch:  # the whole round in one call: segmented together
-                    if frames and not self._stop.is_set():
-                        self._guarded([f.camera for f in frames], self._process, frames)
-                    continue
-                for frame in frames:
-                    if self._stop.is_set():
-                        break
-                    self._guarded([frame.camera], self._process, frame)
+                self._guarded(job, [""], job.between_rounds)
+                if frames and not self._stop.is_set():
+                    self._guarded(job, [f.camera for f in frames], job.process, frames)
 
-    def _guarded(self, cameras: list[str], function: Callable, *args: Any) -> None:
+    def _guarded(self, job: Job, cameras: list[str], function: Callable, *args: Any) -> None:
         try:
             function(*args)
         except Exception as exc:  # one bad frame or request must not stop the worker
@@ -293,7 +195,25 @@ class Worker:
             for camera in cameras:
                 self.stats.record_error(camera, error)
             if not self._stop.is_set():
-                self._on_error(f"{error}\n{traceback.format_exc()}")
+                job.on_error(f"{error}\n{traceback.format_exc()}")
+
+
+# -- the node's rounds ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Accepted parameter changes not applied yet (None / empty: unchanged)."""
+
+    confidence: list[str] | None = None
+    overlay_alpha: float | None = None
+    points: PointsSettings | None = None
+    knobs: dict[str, Any] | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.confidence, self.overlay_alpha, self.points)) or (
+            bool(self.knobs)
+        )
 
 
 class PendingChanges:
@@ -304,20 +224,178 @@ class PendingChanges:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._confidence: list[str] | None = None
-        self._knobs: dict[str, Any] = {}
+        self._pending = Changes()
 
-    def add(self, confidence: list[str] | None = None, knobs: dict[str, Any] | None = None) -> bool:
-        """Queue changes (a later one replaces an earlier one); True if anything was queued."""
-        with self._lock:
-            if confidence is not None:
-                self._confidence = confidence
-            self._knobs.update(knobs or {})
-        return confidence is not None or bool(knobs)
+    def add(self, changes: Changes) -> bool:
+        """Queue ``changes`` (a later value replaces an earlier one); True if anything was."""
 
-    def take(self) -> tuple[list[str] | None, dict[str, Any]]:
-        """``(confidence_classes, engine knobs)`` queued so far, and forget them."""
+        def newer(name: str) -> Any:
+            value = getattr(changes, name)
+            return value if value is not None else getattr(old, name)
+
         with self._lock:
-            taken = (self._confidence, self._knobs)
-            self._confidence, self._knobs = None, {}
+            old = self._pending
+            self._pending = Changes(
+                confidence=newer("confidence"),
+                overlay_alpha=newer("overlay_alpha"),
+                points=newer("points"),
+                knobs={**(old.knobs or {}), **(changes.knobs or {})},
+            )
+        return bool(changes)
+
+    def take(self) -> Changes:
+        """Everything queued so far, and forget it."""
+        with self._lock:
+            taken, self._pending = self._pending, Changes()
             return taken
+
+
+class Camera(Protocol):
+    """What a round needs of a camera (:class:`ovseg_ros.ros.camera.Camera`)."""
+
+    key: str
+    input_topic: str
+    plan: Any  # ovseg_ros.pipeline.OutputPlan
+    depth: Any  # ovseg_ros.points_stage.PointsStage | None
+
+    def listening(self) -> frozenset[str]: ...
+
+    def set_plan(self, class_topics: dict[str, int], overlay_alpha: float | None) -> None: ...
+
+    def publish(self, frame: FrameResult) -> None: ...
+
+
+@dataclass
+class FrameSettings:
+    """The node's per-frame settings that configure reads and parameter changes update."""
+
+    confidence_classes: list[str]
+    overlay_alpha: float
+    max_pixels: int
+
+
+class RoundJob:
+    """The configured node's work on the worker thread: changes between rounds, then rounds.
+
+    ``cameras`` publish their own outputs; ``publish_vocabulary(json)`` publishes on
+    ``~/vocabulary``; ``logger`` (``info``/``warning``/``error``) and ``clock`` (``now()``,
+    the node's, so sim time counts) are the node's. Nothing here calls back into the node.
+    """
+
+    def __init__(
+        self,
+        segmenter: Any,
+        cameras: Sequence[Camera],
+        *,
+        settings: FrameSettings,
+        stats: Stats,
+        versions: VersionLog,
+        publish_vocabulary: Callable[[str], None],
+        vocabulary: VocabularyUpdater,
+        changes: PendingChanges,
+        logger: Any,
+        clock: Any,
+    ) -> None:
+        self.segmenter = segmenter
+        self.cameras = {camera.key: camera for camera in cameras}
+        self.settings = settings
+        self.stats, self.versions = stats, versions
+        self._publish_vocabulary = publish_vocabulary
+        self._vocabulary, self._changes = vocabulary, changes
+        self._logger, self._clock = logger, clock
+        self._warnings = KindThrottle(WARN_THROTTLE_S)  # one throttle per kind of problem
+        self.update_plans()
+
+    # -- between rounds ------------------------------------------------------------------------
+
+    def between_rounds(self) -> None:
+        """Apply the queued parameter changes and a vocabulary ready to take effect."""
+        changes = self._changes.take()
+        if changes.knobs:
+            self.segmenter.update_config(**changes.knobs)
+            self._logger.info(f"engine parameters updated: {changes.knobs}")
+        if changes.points is not None:
+            for camera in self.cameras.values():
+                if camera.depth is not None:
+                    camera.depth.set_settings(changes.points)
+        if changes.confidence is not None:
+            self.settings = replace(self.settings, confidence_classes=changes.confidence)
+        if changes.overlay_alpha is not None:
+            self.settings = replace(self.settings, overlay_alpha=changes.overlay_alpha)
+        activated = self._vocabulary.activate(self.segmenter.activate_vocabulary)
+        if activated is not None:
+            # Published before any frame labelled with it.
+            self._publish_vocabulary(
+                self.versions.new_version(activated.vocabulary, list(self.cameras))
+            )
+            self._logger.info(activated.message(self.versions.version))
+        if (
+            activated is not None
+            or changes.confidence is not None
+            or (changes.overlay_alpha is not None)
+        ):
+            self.update_plans()
+
+    def update_plans(self) -> None:
+        """Every camera's outputs for the current vocabulary and settings."""
+        vocabulary = self.segmenter.vocabulary
+        names = self.settings.confidence_classes
+        topics, missing = class_confidence_topics(vocabulary, names)
+        if missing:
+            self._logger.warning(
+                f"confidence_classes not in the vocabulary (no topic): {', '.join(missing)}; "
+                f"vocabulary: {', '.join(vocabulary.names)}"
+            )
+        for camera in self.cameras.values():
+            camera.set_plan(topics, self.settings.overlay_alpha)
+
+    # -- a round ---------------------------------------------------------------------------------
+
+    def process(self, frames: list[Frame]) -> None:
+        """Segment the round's frames in one batch, then publish each camera's outputs."""
+        round_ = [(self.cameras[f.camera], f) for f in frames if f.camera in self.cameras]
+        inputs = [
+            FrameInput(
+                frame.message,
+                frame.compressed,
+                camera.plan,
+                camera.listening(),
+                self.settings.max_pixels,
+                camera.depth,
+            )
+            for camera, frame in round_
+        ]
+        results = process_frames(self.segmenter, inputs)
+        done = [
+            (camera, frame, result)
+            for (camera, frame), result in zip(round_, results, strict=True)
+            if isinstance(result, FrameResult)
+        ]
+        stamps = {camera.key: stamp_ns(result.header.stamp) for camera, _, result in done}
+        update = self.versions.frames(stamps)
+        if update is not None:
+            self._publish_vocabulary(update)  # before these frames' labels
+        for (camera, frame), result in zip(round_, results, strict=True):
+            if isinstance(result, ImageConversionError):
+                self._invalid(camera, frame, result)
+                continue
+            camera.publish(result)
+            stamp = stamps[camera.key]
+            latency = (self._clock.now().nanoseconds - stamp) * 1e-9 if stamp > 0 else None
+            self.stats.record_frame(camera.key, result.inference_s, latency)
+
+    def on_error(self, message: str) -> None:
+        """A round failed (the worker counted it): log it, throttled per exception type."""
+        suppressed = self._warnings.admit(("error", message.split(":", 1)[0]))
+        if suppressed is not None:
+            self._logger.error(f"frame failed: {message}{suppressed_note(suppressed)}")
+
+    def _invalid(self, camera: Camera, frame: Frame, error: ImageConversionError) -> None:
+        self.stats.count(camera.key, "invalid")
+        kind = problem_kind(error)
+        suppressed = self._warnings.admit(("invalid", camera.key, kind))
+        if suppressed is not None:
+            self._logger.warning(
+                f"skipping invalid frame [{kind}] ({camera.input_topic}, frame_id "
+                f"{frame.message.header.frame_id!r}): {error}{suppressed_note(suppressed)}"
+            )

@@ -163,11 +163,6 @@ def _register(typestore: Any, connection: Connection) -> None:
         ) from exc
 
 
-def stamp_ns(stamp: Any) -> int:
-    """A ``builtin_interfaces/Time`` as integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def looks_like_bag(path: Path) -> bool:
     """True for a file, or a directory holding only rosbag2 files (complete or half-written)."""
     if not path.is_dir():

@@ -10,13 +10,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ovseg_ros.stamps import stamp_ns
 from ovseg_ros.tools.bag_io import (
     BagError,
     new_typestore,
     open_writer,
     remove_bag,
     sigint_ignored,
-    stamp_ns,
 )
 from ovseg_ros.tools.replay_output import (
     FrameProcessor,

@@ -18,8 +18,9 @@ from ovseg_ros.image_conversion import (
     array_to_image_fields,
 )
 from ovseg_ros.outputs import vocabulary_json
-from ovseg_ros.pipeline import OutputPlan, process_frame
-from ovseg_ros.tools.bag_io import LATCHED_QOS, RELIABLE_QOS, BagError, copy_connection, stamp_ns
+from ovseg_ros.pipeline import FrameInput, OutputPlan, process_frame
+from ovseg_ros.stamps import stamp_ns, stamp_text
+from ovseg_ros.tools.bag_io import LATCHED_QOS, RELIABLE_QOS, BagError, copy_connection
 from ovseg_ros.tools.replay_plan import (
     COMPRESSED_TYPE,
     IMAGE_TYPE,
@@ -131,10 +132,6 @@ def add_copies(out: OutputBag, reader: Any, stats: ReplayStats) -> dict[int, Any
 # -- frames --------------------------------------------------------------------------------------
 
 
-def _ns_text(ns: int) -> str:
-    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
-
-
 class FrameProcessor:
     """Decodes, segments and writes one input frame, or reports why it was skipped."""
 
@@ -167,9 +164,11 @@ class FrameProcessor:
         except Exception as exc:  # any parse failure of a corrupt message
             self._skip("corrupt message", group, timestamp, None, f"cannot deserialize: {exc}")
             return
+        depth = self.aligner.stage if group.points is not None and self.aligner else None
         try:
             frame = process_frame(
-                self.segmenter, msg, group.compressed, self.plan, max_pixels=self.max_pixels
+                self.segmenter,
+                FrameInput(msg, group.compressed, self.plan, None, self.max_pixels, depth),
             )
         except ImageConversionError as exc:
             reason = "larger than max_image_pixels" if exc.kind == "limit" else "undecodable image"
@@ -178,19 +177,13 @@ class FrameProcessor:
         except ValueError as exc:
             self._skip("refused by the segmenter", group, timestamp, msg.header, str(exc))
             return
-        for output in frame.outputs:
-            connection = group.connections[output.suffix]
-            out.write_image(connection, timestamp, msg.header, output.array, output.encoding)
-        if group.points is not None and self.aligner is not None:
-            device = getattr(self.segmenter, "device", "cpu")
-            outputs, warnings = self.aligner.stage.outputs(
-                msg.header, frame.rgb, frame.result, device
-            )
-            group.points.write(timestamp, msg.header, outputs)
-            for warning in warnings:
-                self.log(
-                    f"{group.image_topic} at {_ns_text(stamp_ns(msg.header.stamp))}: {warning}"
-                )
+        for image in frame.images:
+            connection = group.connections[image.suffix]
+            out.write_image(connection, timestamp, msg.header, image.array, image.encoding)
+        if group.points is not None:
+            group.points.write(timestamp, frame)
+        for warning in frame.warnings:
+            self.log(f"{group.image_topic} at {stamp_text(stamp_ns(msg.header.stamp))}: {warning}")
         self.stats.frames_out += 1
 
     def _skip(
@@ -200,9 +193,9 @@ class FrameProcessor:
         stats.skipped[reason] += 1
         if len(stats.skip_lines) >= MAX_REPORTED_SKIPS:
             return
-        where = f"bag time {_ns_text(timestamp)}"
+        where = f"bag time {stamp_text(timestamp)}"
         if header is not None:
-            where += f", stamp {_ns_text(stamp_ns(header.stamp))}, frame_id {header.frame_id!r}"
+            where += f", stamp {stamp_text(stamp_ns(header.stamp))}, frame_id {header.frame_id!r}"
         line = f"skipped frame {stats.frames_in} of {group.image_topic} ({where}): {detail}"
         stats.skip_lines.append(line)
         self.log(line)

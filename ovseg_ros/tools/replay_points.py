@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ovseg_ros.pipeline import CAMERA_INFO, POINTS, Output
-from ovseg_ros.points_stage import PointsSettings, PointsStage, stamp_ns
+from ovseg_ros.outputs import CAMERA_INFO, POINTS, CameraInfoOutput
+from ovseg_ros.pipeline import FrameResult
+from ovseg_ros.points_stage import PointsSettings, PointsStage
+from ovseg_ros.stamps import stamp_ns
 from ovseg_ros.tools.cli import UsageError
 
 POINTCLOUD2_TYPE = "sensor_msgs/msg/PointCloud2"
@@ -163,19 +165,18 @@ class PointsWriter:
             CAMERA_INFO: out.add(f"{prefix}/{CAMERA_INFO}", CAMERA_INFO_TYPE, RELIABLE_QOS),
         }
 
-    def write(self, timestamp: int, header: Any, outputs: list[Output]) -> None:
-        types = self.typestore.types
-        for output in outputs:
-            out_header = header
-            if output.frame_id is not None:
-                out_header = types["std_msgs/msg/Header"](
-                    stamp=header.stamp, frame_id=output.frame_id
-                )
-            if output.kind == POINTS:
-                msg, msgtype = self._cloud(out_header, output.payload), POINTCLOUD2_TYPE
-            else:
-                msg, msgtype = self._camera_info(out_header, output.payload), CAMERA_INFO_TYPE
-            self.out._write(self.connections[output.kind], timestamp, msg, msgtype)
+    def write(self, timestamp: int, frame: FrameResult) -> None:
+        """The frame's cloud (with the depth image's frame_id) and camera model, if any."""
+        types, header = self.typestore.types, frame.header
+        if frame.cloud is not None:
+            cloud_header = types["std_msgs/msg/Header"](
+                stamp=header.stamp, frame_id=frame.cloud.frame_id
+            )
+            msg = self._cloud(cloud_header, frame.cloud.cloud)
+            self.out._write(self.connections[POINTS], timestamp, msg, POINTCLOUD2_TYPE)
+        if frame.camera_info is not None:
+            msg = self._camera_info(header, frame.camera_info)
+            self.out._write(self.connections[CAMERA_INFO], timestamp, msg, CAMERA_INFO_TYPE)
 
     def _cloud(self, header: Any, cloud: Any) -> Any:
         types = self.typestore.types
@@ -192,22 +193,22 @@ class PointsWriter:
             is_dense=cloud.is_dense,
         )
 
-    def _camera_info(self, header: Any, fields: dict[str, Any]) -> Any:
+    def _camera_info(self, header: Any, info: CameraInfoOutput) -> Any:
         types = self.typestore.types
-        x_offset, y_offset, height, width, do_rectify = fields["roi"]
+        x_offset, y_offset, height, width, do_rectify = info.roi
         roi = types["sensor_msgs/msg/RegionOfInterest"](
             x_offset=x_offset, y_offset=y_offset, height=height, width=width, do_rectify=do_rectify
         )
         return types[CAMERA_INFO_TYPE](
             header=header,
-            height=fields["height"],
-            width=fields["width"],
-            distortion_model=fields["distortion_model"],
-            d=np.asarray(fields["d"], dtype=np.float64),
-            k=np.asarray(fields["k"], dtype=np.float64),
-            r=np.asarray(fields["r"], dtype=np.float64),
-            p=np.asarray(fields["p"], dtype=np.float64),
-            binning_x=fields["binning_x"],
-            binning_y=fields["binning_y"],
+            height=info.height,
+            width=info.width,
+            distortion_model=info.distortion_model,
+            d=np.asarray(info.d, dtype=np.float64),
+            k=np.asarray(info.k, dtype=np.float64),
+            r=np.asarray(info.r, dtype=np.float64),
+            p=np.asarray(info.p, dtype=np.float64),
+            binning_x=info.binning_x,
+            binning_y=info.binning_y,
             roi=roi,
         )
