@@ -11,7 +11,8 @@ import torch
 
 from ovseg_ros.outputs import labels_image
 from ovseg_ros.segmentation.postprocess import entry_offsets, reduce_scores, reduce_upsampled
-from ovseg_ros.segmentation.result import SegmentationResult, to_host
+from ovseg_ros.segmentation.result import SegmentationResult, host_maps
+from ovseg_ros.segmentation.sync import to_host
 from ovseg_ros.segmentation.vocabulary import Vocabulary, VocabularyEntry
 
 
@@ -22,7 +23,7 @@ def result_for(num_entries: int, seed: int = 0) -> tuple[SegmentationResult, tor
         VocabularyEntry(f"c{i}", (f"c{i}",), (i % 256, 0, 0)) for i in range(num_entries)
     )
     offsets = entry_offsets(list(range(num_entries)), num_entries)
-    maps = reduce_upsampled(scores, (12, 16), offsets)
+    (maps,) = host_maps([reduce_upsampled(scores, (12, 16), offsets)], num_entries)
     result = SegmentationResult(
         maps,
         scores,

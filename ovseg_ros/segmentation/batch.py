@@ -3,7 +3,6 @@ frames of the same shape. Pure tensor functions used by ``Segmenter.segment_batc
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -16,26 +15,6 @@ from .postprocess import CHUNK_ELEMENTS
 
 Norm = tuple[torch.Tensor, torch.Tensor]  # mean, std [1, 3, 1, 1]
 WindowOutputs = tuple[torch.Tensor, tuple[int, int]]  # per-window tensor, patch grid
-
-
-class StageTimer:
-    """Wall-clock per stage; synchronises CUDA so a stage's time is its own."""
-
-    def __init__(self, device: torch.device) -> None:
-        self._cuda = device.type == "cuda"
-        self.timings: dict[str, float] = {}
-        self._start = self._last = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        if self._cuda:
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.timings[stage] = self.timings.get(stage, 0.0) + now - self._last
-        self._last = now
-
-    def finish(self) -> dict[str, float]:
-        self.timings["total"] = self._last - self._start
-        return self.timings
 
 
 def pearl_tokens(visual: nn.Module, norm: Norm, windows: torch.Tensor) -> WindowOutputs:

@@ -297,23 +297,6 @@ def pearl_last_block(
     return F.normalize(_project(visual, out)[:, 1:].float(), dim=-1)
 
 
-def pearl_patch_features(
-    visual: nn.Module,
-    images: torch.Tensor,
-    *,
-    alpha_kk: float = 0.08,
-    solver: str = "polar",
-    iters: int = 5,
-) -> tuple[torch.Tensor, tuple[int, int]]:
-    """PEARL dense features for CLIP-normalised ``images`` ``[B, 3, H, W]``.
-
-    Returns:
-        L2-normalised patch embeddings ``[B, h*w, D]`` and the patch grid ``(h, w)``.
-    """
-    tokens, grid = tokens_before_last_block(visual, images, pearl_style=True)
-    return pearl_last_block(visual, tokens, alpha_kk=alpha_kk, solver=solver, iters=iters), grid
-
-
 def maskclip_patch_features(
     visual: nn.Module, images: torch.Tensor
 ) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -21,6 +21,7 @@ steps of this well-conditioned system the two differ by ~1e-6 relative.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -353,8 +354,15 @@ class PixelGraph:
         if not stencil_kernel.available(z):
             return False
         if self._offsets is None or self._offsets.device != z.device:
-            self._offsets = torch.tensor(self.offsets, dtype=torch.int32, device=z.device)
+            self._offsets = _device_constant(tuple(self.offsets), torch.int32, z.device)
         return True
+
+
+@functools.lru_cache(maxsize=64)
+def _device_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``torch.tensor(values)`` on ``device``, made once: a host-to-device copy per frame
+    would synchronise the CUDA stream. Shared: never write to it."""
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 # Process-wide switch: a kernel that failed to build once is not retried on every frame.
@@ -386,7 +394,7 @@ def pixel_affinity(image: Tensor, *, radius: int = 6, tau: float = 0.01) -> Pixe
         raise ValueError(f"radius must be >= 0, got {radius}")
     dtype = _work_dtype(image)
     _, h, w = image.shape
-    scale = torch.tensor(_LAB_SCALE, dtype=dtype, device=image.device)[:, None, None]
+    scale = _device_constant(_LAB_SCALE, dtype, image.device)[:, None, None]
     lab = rgb_to_lab(image.to(dtype)) / scale
 
     offsets = [(dy, dx) for dy, dx in _half_offsets(radius) if dy < h and abs(dx) < w]

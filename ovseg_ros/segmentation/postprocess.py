@@ -98,22 +98,27 @@ def _entry_scores(
     first: int,
     last: int,
     size: tuple[int, int],
-    finite: bool,
+    query_to_entry: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Entries ``first..last-1``: scores upsampled to ``size`` and reduced over synonyms
     ``[Ec, H, W]``, and the per-query upsampled scores ``[Qc, H, W]`` (the same tensor when
-    every entry has one synonym). ``finite``: the low-resolution scores have no NaN / inf (a
-    bilinear mix of finite values is finite, so ``reduce_scores``' clean-up is a no-op)."""
+    every entry has one synonym). ``query_to_entry`` ``[Q]`` on the scores' device gives the
+    synonyms' entries without a host-to-device copy (a synchronisation on CUDA); ``None``:
+    built from ``offsets``."""
     q0, q1 = offsets[first], offsets[last]
+    # NaN / inf cleaned as in ``reduce_scores``; a no-op on finite scores, and cheaper than
+    # asking the device whether there are any (a synchronisation).
     queries = upsample_chunk(scores[q0:q1], size).float()
-    if not finite:
-        queries = torch.nan_to_num_(queries, nan=0.0, posinf=1e4, neginf=-1e4)
+    queries = torch.nan_to_num_(queries, nan=0.0, posinf=1e4, neginf=-1e4)
     if q1 - q0 == last - first:
         return queries, queries
-    owner = torch.repeat_interleave(
-        torch.arange(last - first),
-        torch.tensor(offsets[first + 1 : last + 1]) - torch.tensor(offsets[first:last]),
-    ).to(queries.device)
+    if query_to_entry is not None:
+        owner = query_to_entry[q0:q1] - first
+    else:
+        owner = torch.repeat_interleave(
+            torch.arange(last - first),
+            torch.tensor(offsets[first + 1 : last + 1]) - torch.tensor(offsets[first:last]),
+        ).to(queries.device)
     index = owner.view(-1, 1, 1).expand_as(queries)  # a view: no Qc x H x W index tensor
     entries = queries.new_empty((last - first, *queries.shape[1:]))
     entries = entries.scatter_reduce_(0, index, queries, reduce="amax", include_self=False)
@@ -148,6 +153,7 @@ def reduce_upsampled(
     logit_scale: float = 40.0,
     prob_threshold: float = 0.0,
     chunk_elements: int = CHUNK_ELEMENTS,
+    query_to_entry: torch.Tensor | None = None,
 ) -> OutputMaps:
     """``reduce_scores(upsample(scores, size), ...)``'s labels and confidence, never holding
     the ``C x H x W`` upsampled scores or probabilities.
@@ -166,12 +172,13 @@ def reduce_upsampled(
         scores: ``[Q, h, w]`` per-query scores at any resolution.
         size: ``(H, W)`` output size.
         offsets: ``entry_offsets`` of the vocabulary (queries grouped by entry).
+        query_to_entry: ``[Q]`` long, the same grouping on the scores' device (optional:
+            saves a host-to-device copy per chunk when entries have synonyms).
     Returns:
         ``OutputMaps`` at ``size``; labels agree with ``reduce_scores`` (a label can differ only
         where two entries' probabilities tie to the last bit), confidence to ~1e-7.
     """
     ranges = _chunks(offsets, size[0] * size[1], chunk_elements)
-    finite = bool(torch.isfinite(scores).all())
     # One chunk (the usual case): pass 2 reuses pass 1's upsampled scores instead of
     # upsampling again, the costliest step at large output sizes.
     kept = None
@@ -179,7 +186,7 @@ def reduce_upsampled(
     # entry reaching it are those of the logits.
     best_score = labels = first_score = None
     for first, last in ranges:
-        entries, queries = _entry_scores(scores, offsets, first, last, size, finite)
+        entries, queries = _entry_scores(scores, offsets, first, last, size, query_to_entry)
         if len(ranges) == 1:
             kept = (entries, queries)
         if last - first == 1:
@@ -207,7 +214,7 @@ def reduce_upsampled(
         if kept is not None:
             (entries, queries), kept = kept, None
         else:
-            entries, queries = _entry_scores(scores, offsets, first, last, size, finite)
+            entries, queries = _entry_scores(scores, offsets, first, last, size, query_to_entry)
         if softmax_norm is not None:
             if queries is entries:
                 queries = queries.clone()
@@ -231,11 +238,11 @@ def entry_probability(
     entry: int,
     *,
     logit_scale: float = 40.0,
+    query_to_entry: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[H, W]`` probability of one entry at the output size (``reduce_scores``'s value)."""
     if not 0 <= entry < len(offsets) - 1:
         raise IndexError(f"entry {entry} out of range for {len(offsets) - 1} entries")
     size = tuple(maps.max_logit.shape)
-    finite = bool(torch.isfinite(scores[offsets[entry] : offsets[entry + 1]]).all())
-    entries, _ = _entry_scores(scores, offsets, entry, entry + 1, size, finite)
+    entries, _ = _entry_scores(scores, offsets, entry, entry + 1, size, query_to_entry)
     return _exp_shifted(entries[0], logit_scale, maps.max_logit).div_(maps.norm)

@@ -10,28 +10,32 @@ import numpy as np
 import torch
 
 from .postprocess import OutputMaps, entry_probability, reduce_scores, upsample_chunk
+from .sync import to_host
 from .vocabulary import Vocabulary
 
 MONO8_ENTRIES = 256  # vocabularies up to this size have uint8 label ids
 
 
-def to_host(*tensors: torch.Tensor) -> list[np.ndarray]:
-    """The tensors as numpy arrays. On CUDA: non-blocking copies into pinned host memory and
-    one synchronisation for all of them (PyTorch's caching host allocator reuses the pinned
-    blocks, so a warm frame loop allocates none); elsewhere ``.cpu()`` (a view on the CPU)."""
-    if not tensors or any(t.device.type != "cuda" for t in tensors):
-        return [t.cpu().numpy() for t in tensors]
-    hosts = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
-    for host, tensor in zip(hosts, tensors, strict=True):
-        host.copy_(tensor, non_blocking=True)
-    torch.cuda.current_stream(tensors[0].device).synchronize()
-    return [host.numpy() for host in hosts]
+def host_maps(maps: Sequence[OutputMaps], num_entries: int) -> list[OutputMaps]:
+    """The frames' labels and confidence ``[H, W]`` copied to the host, all of them with one
+    ``to_host`` (one synchronisation per batch); ``max_logit`` and ``norm`` stay where they are.
+    Labels leave the device as uint8 for vocabularies of up to 256 entries (a quarter of the
+    bytes), else int32."""
+    compact = num_entries <= MONO8_ENTRIES
+    ids = [m.labels.to(torch.uint8) if compact else m.labels for m in maps]
+    arrays = to_host(*ids, *(m.confidence for m in maps))
+    n = len(maps)
+    return [
+        OutputMaps(torch.from_numpy(labels), torch.from_numpy(confidence), m.max_logit, m.norm)
+        for m, labels, confidence in zip(maps, arrays[:n], arrays[n:], strict=True)
+    ]
 
 
 class SegmentationResult:
     """One frame's output. ``labels`` (int32) and ``confidence`` (float32) are numpy ``[H, W]``
     at the input image's size; ``label_ids`` are the same labels as they left the device:
-    uint8 for vocabularies of up to 256 entries (a quarter of the bytes), else int32.
+    uint8 for vocabularies of up to 256 entries (a quarter of the bytes), else int32. ``maps``
+    come from ``host_maps``: labels and confidence on the host (shared without a copy).
 
     Memory is linear in pixels: the per-query scores stay at the processing resolution
     (``[Q, h, w]``, on the device) with two ``[H, W]`` normaliser maps, and a class's
@@ -53,17 +57,11 @@ class SegmentationResult:
         logit_scale: float,
         prob_threshold: float,
     ) -> None:
-        ids = maps.labels.to(torch.uint8) if len(vocabulary) <= MONO8_ENTRIES else maps.labels
-        self.label_ids, self.confidence = to_host(ids, maps.confidence)  # [H, W] each
+        self.label_ids = maps.labels.numpy()  # [H, W]; a device tensor here is an error
+        self.confidence = maps.confidence.numpy()
         self.vocabulary = vocabulary
         self.timings = timings
-        # Keep only the host copies of labels and confidence (no second copy on the GPU).
-        self._maps = OutputMaps(
-            torch.from_numpy(self.label_ids),
-            torch.from_numpy(self.confidence),
-            maps.max_logit,
-            maps.norm,
-        )
+        self._maps = maps
         self._scores = scores  # [Q, h, w] the scores that are upsampled to the image size
         self._offsets = list(offsets)
         self._query_to_entry = query_to_entry
@@ -95,6 +93,11 @@ class SegmentationResult:
     def probability_of(self, index: int) -> np.ndarray:
         """``float32 [H, W]`` probability of entry ``index``; memory of one class, not ``C``."""
         probability = entry_probability(
-            self._scores, self._maps, self._offsets, index, logit_scale=self._logit_scale
+            self._scores,
+            self._maps,
+            self._offsets,
+            index,
+            logit_scale=self._logit_scale,
+            query_to_entry=self._query_to_entry,
         )
         return probability.cpu().numpy()

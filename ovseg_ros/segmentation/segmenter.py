@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from . import accel
 from . import clip_backbone as clip
 from .batch import (
-    StageTimer,
     batched_windows,
     dino_features,
     group_by_shape,
@@ -34,7 +33,8 @@ from .geometry import (
 )
 from .methods import method_spec
 from .postprocess import entry_offsets, reduce_upsampled
-from .result import SegmentationResult
+from .result import SegmentationResult, host_maps
+from .sync import StageTimer
 from .text_cache import EncodingCancelled, TextEmbeddingCache, default_cache_dir
 from .vocabulary import Vocabulary, build_vocabulary
 from .vocabulary_state import (
@@ -211,20 +211,30 @@ class Segmenter:
 
     # -- inference ------------------------------------------------------------------------------
 
-    def segment(self, rgb: np.ndarray) -> SegmentationResult:
-        """Segment one ``uint8 [H, W, 3]`` RGB frame with the current vocabulary."""
-        return self.segment_batch([rgb])[0]
+    def segment(self, rgb: np.ndarray, *, timed: bool = False) -> SegmentationResult:
+        """Segment one ``uint8 [H, W, 3]`` RGB frame with the current vocabulary.
+
+        ``timed``: per-stage ``timings`` as well as the total (see ``segment_batch``)."""
+        return self.segment_batch([rgb], timed=timed)[0]
 
     @torch.inference_mode()
-    def segment_batch(self, images: Sequence[np.ndarray]) -> list[SegmentationResult]:
+    def segment_batch(
+        self, images: Sequence[np.ndarray], *, timed: bool = False
+    ) -> list[SegmentationResult]:
         """Segment several ``uint8 [H_i, W_i, 3]`` RGB frames (sizes may differ) together.
 
         The windows of all frames go through the backbone together (up to ``max_windows``
         per forward pass); LPOSS's graph solve and TLP's solve run batched over frames of the
         same shape (LPOSS+'s pixel step runs per frame). Each result equals ``segment`` of
-        that frame alone (to float rounding), and all use the same vocabulary. ``timings``
-        are those of the whole batch (the same in every result). A bad frame raises
-        ``ValueError`` naming its index before any work is done.
+        that frame alone (to float rounding), and all use the same vocabulary. A bad frame
+        raises ``ValueError`` naming its index before any work is done.
+
+        ``timings`` are those of the whole batch (the same in every result): ``"total"``, the
+        seconds until the results are on the host. ``timed=True`` adds each stage's seconds
+        (CUDA events on CUDA, which cost no synchronisation of their own; for benchmarks).
+        On CUDA the one explicit wait for the device is the copy of all frames' labels and
+        confidence to the host (``sync``); PEARL and MaskCLIP wait nowhere else (LPOSS's kNN
+        graph has data-dependent sizes, read from the device while it is built).
         """
         self._require_models()
         state = self._state
@@ -237,7 +247,7 @@ class Segmenter:
                 raise ValueError(f"frame {index}: {exc}" if len(images) > 1 else str(exc)) from None
         if not images:
             return []
-        timer = StageTimer(self.device)
+        timer = StageTimer(self.device, timed=timed)
         cfg = self.config
         sizes = [tuple(rgb.shape[:2]) for rgb in images]
         frames = [self._preprocess(cfg, rgb) for rgb in images]  # [1, 3, h, w] in [0, 1]
@@ -278,10 +288,12 @@ class Segmenter:
                 state.offsets,
                 logit_scale=cfg.logit_scale,
                 prob_threshold=cfg.prob_threshold,
+                query_to_entry=state.query_to_entry,
             )
             for score, size in zip(scores, sizes, strict=True)
         ]
         timer.lap("postprocess")
+        maps = host_maps(maps, len(state.vocabulary))  # the call's one wait for the device
         timings = timer.finish()
         return [
             SegmentationResult(
@@ -403,13 +415,17 @@ class Segmenter:
             b, n, hw, _ = clip_feats.shape
             grid = clip_out[group[0]][1]
             boxes = windows[group[0]][1]
+            # Built on the device: a host-to-device copy would synchronise on CUDA.
             centers = patch_centers(
-                [(box[0], box[2]) for box in boxes], [grid] * n, self._clip.patch_size
+                [(box[0], box[2]) for box in boxes],
+                [grid] * n,
+                self._clip.patch_size,
+                device=self.device,
             )
             out = patch_propagation_batch(
                 dino_feats.reshape(b, n * hw, -1),
                 (clip_feats @ state.text.T).reshape(b, n * hw, -1),
-                centers.to(self.device),
+                centers,
                 k=cfg.lposs_k,
                 gamma=cfg.lposs_gamma,
                 sigma=cfg.lposs_sigma,

@@ -62,15 +62,8 @@ class TextEmbeddingCache:
         digest = hashlib.sha256(f"{FORMAT_VERSION}|{key}".encode()).hexdigest()[:16]
         self.path = None if directory is None else Path(directory) / f"text-{digest}.safetensors"
         self._memory: dict[str, torch.Tensor] = {}
-        self.encoded_total = 0  # names encoded by the model since construction
         self.last_encoded: list[str] = []  # names the last ``get`` had to encode
         self._load()
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._memory
-
-    def __len__(self) -> int:
-        return len(self._memory)
 
     def missing(self, names: Sequence[str]) -> list[str]:
         """The distinct names of ``names`` not cached yet, in order."""
@@ -103,7 +96,6 @@ class TextEmbeddingCache:
                 with self._lock:
                     for name, emb in zip(batch, embeddings, strict=True):
                         self._memory[name] = emb.clone()
-                    self.encoded_total += len(batch)
                 if progress is not None:
                     progress(start + len(batch), len(missing))
         finally:
