@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS
 from ovseg_ros.log_throttle import KindThrottle
 from ovseg_ros.outputs import CameraInfoOutput, CloudOutput
 from ovseg_ros.points import (
+    MAX_DISTORTION_COEFFICIENTS,
     CameraModel,
     DepthPairer,
     PointsError,
@@ -101,7 +103,8 @@ class PointsStage:
     """Depth + camera_info inputs of one camera and the cloud of each segmented frame.
 
     Thread-safe: ``push_*`` run on the executor, :meth:`outputs` on the frame worker.
-    ``clock`` (seconds) paces the throttled warnings.
+    ``clock`` (seconds) paces the throttled warnings. ``max_pixels`` bounds the depth images
+    (the node's ``max_image_pixels``).
     """
 
     def __init__(
@@ -110,8 +113,12 @@ class PointsStage:
         settings: PointsSettings | None = None,
         warn_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        max_pixels: int = MAX_IMAGE_PIXELS,
     ) -> None:
         self.pairer: DepthPairer[Any] = DepthPairer(tolerance, DEPTH_CAPACITY)
+        self.max_pixels = int(max_pixels)  # larger depth images are refused before decoding
+        self._refused_depth = 0
+        self._info_cache: dict[tuple, tuple[Any, Any, str]] = {}
         self.settings = settings or PointsSettings()
         self.settings.options()
         self._warnings = KindThrottle(float(warn_interval), clock)  # per kind of problem
@@ -123,19 +130,37 @@ class PointsStage:
     # -- inputs (executor side) ----------------------------------------------------------------
 
     def push_depth(self, msg: Any) -> None:
-        """Keep a depth ``sensor_msgs/Image`` for pairing (decoded only if paired)."""
+        """Keep a depth ``sensor_msgs/Image`` for pairing (decoded only if paired); one larger
+        than ``max_pixels`` by its declared size is refused and counted, never decoded."""
+        if int(msg.height) * int(msg.width) > self.max_pixels:
+            with self._lock:
+                self._refused_depth += 1
+            return
         stamp = stamp_ns(msg.header.stamp)
         self.pairer.push(stamp, msg)
         with self._lock:
             self._latest_depth_ns = stamp
 
     def push_camera_info(self, msg: Any) -> None:
-        """The latest ``sensor_msgs/CameraInfo``, validated now (once per message)."""
-        try:
-            model, error = CameraModel.from_message(msg), ""
-        except PointsError as exc:
-            model, error = None, str(exc)
-        self.pairer.camera_info = (CameraInfoOutput.from_message(msg), model, error)
+        """The latest ``sensor_msgs/CameraInfo``, validated once per distinct message.
+
+        Cameras repeat the same camera_info with every frame: an identical one reuses the
+        previous validation. A distortion vector longer than any model needs is refused by
+        its length alone, before any numeric work (:class:`CameraModel`).
+        """
+        key = _camera_info_key(msg)
+        with self._lock:
+            cached = self._info_cache.get(key) if key is not None else None
+        if cached is None:
+            try:
+                model = CameraModel.from_message(msg)
+                cached = (CameraInfoOutput.from_message(msg), model, "")
+            except PointsError as exc:
+                cached = (None, None, str(exc))
+            if key is not None:
+                with self._lock:
+                    self._info_cache = {key: cached}  # the latest distinct one
+        self.pairer.camera_info = cached
 
     def set_settings(self, settings: PointsSettings) -> None:
         """New cloud parameters, from the next frame on (validated by the caller)."""
@@ -163,7 +188,7 @@ class PointsStage:
         out = DepthOutputs()
         info = self.pairer.camera_info
         height, width = result.labels.shape[:2]
-        if info is not None:
+        if info is not None and info[1] is not None:  # the validated model only
             out.camera_info = info[0].scaled_to(width, height)
         if not cloud:
             return out
@@ -186,6 +211,7 @@ class PointsStage:
             values = {
                 "depth_received": pairing["depth_received"],
                 "camera_info_received": pairing["camera_info_received"],
+                "depth_refused_too_large": self._refused_depth,
                 "depth_paired": pairing["paired"],
                 "depth_unpaired": pairing["unpaired"],
                 "clouds_published": self._published,
@@ -257,3 +283,29 @@ class PointsStage:
     def _warn(self, out: DepthOutputs, kind: str, text: str) -> None:
         if self._warnings.admit(kind) is not None:
             out.warnings.append(text)
+
+
+def _camera_info_key(msg: Any) -> tuple | None:
+    """What identifies a camera_info's content (everything but the header), or None when
+    its distortion vector is too long to be worth keying (it is refused anyway)."""
+    if len(msg.d) > MAX_DISTORTION_COEFFICIENTS:
+        return None
+    roi = msg.roi
+    return (
+        int(msg.height),
+        int(msg.width),
+        str(msg.distortion_model),
+        tuple(float(v) for v in msg.d),
+        tuple(float(v) for v in msg.k),
+        tuple(float(v) for v in msg.r),
+        tuple(float(v) for v in msg.p),
+        int(msg.binning_x),
+        int(msg.binning_y),
+        (
+            int(roi.x_offset),
+            int(roi.y_offset),
+            int(roi.height),
+            int(roi.width),
+            bool(roi.do_rectify),
+        ),
+    )

@@ -90,7 +90,8 @@ def test_field_specs_carry_type_range_and_rebuild_for_every_field():
     )
     alpha = specs["lposs_alpha"]
     assert (alpha.type, alpha.minimum, alpha.maximum, alpha.max_open) == (float, 0.0, 1.0, True)
-    assert alpha.constraints == "in [0, 1)" and specs["pixel_tau"].constraints == "> 0"
+    assert alpha.constraints == "in [0, 1)" and specs["pixel_tau"].constraints == "in (0, 10]"
+    assert specs["seed"].constraints == "in [0, 4294967295]"
     assert not specs["alpha_kk"].rebuild and specs["tiny_width"].rebuild
     assert REBUILD_FIELDS == {n for n, s in specs.items() if s.rebuild}
     assert {"method", "device", "clip_weights", "templates"} <= REBUILD_FIELDS

@@ -186,7 +186,7 @@ def _smooth_image(h, wd, seed=0, dtype=torch.float64):
     return (base + 0.02 * torch.rand(3, h, wd, generator=g, dtype=dtype)).clamp(0, 1)
 
 
-@pytest.mark.parametrize("radius", [2, 6])
+@pytest.mark.parametrize("radius", [2, 6, 8])  # 8: the largest pixel_radius allowed
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-9), (torch.float32, 1e-5)])
 def test_pixel_propagation_converges_to_exact_solve(radius, dtype, rtol):
     # float32: tau = 0.01 turns float32 rounding of Lab (~1e-7) into ~1e-5 relative weight

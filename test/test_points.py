@@ -460,3 +460,34 @@ def test_pointcloud2_message_read_back():
                 read = point_cloud2.read_points(msg)
                 for name in POINT_DTYPE.names:
                     assert np.array_equal(read[name], expected[name], equal_nan=True)
+
+
+def test_size_tables_are_bounded_in_bytes_not_entries():
+    """A camera changing size every frame must not pile up ray tables / index maps: the
+    caches drop their oldest entries past a byte bound, keep the newest whatever its size,
+    and serve a hit without rebuilding it."""
+    from ovseg_ros.points.cache import ByteLRU
+
+    cache: ByteLRU[np.ndarray] = ByteLRU(max_bytes=1000)
+    made = []
+
+    def make(n: int):
+        return lambda: made.append(n) or np.zeros(n, np.uint8)
+
+    first = cache.get_or_make("a", make(400))
+    assert cache.get_or_make("a", make(400)) is first and made == [400]  # a hit: not rebuilt
+    cache.get_or_make("b", make(400))
+    cache.get_or_make("c", make(400))  # 1200 bytes: the oldest ("a") goes
+    assert (len(cache), cache.bytes) == (2, 800)
+    cache.get_or_make("huge", make(5000))  # larger than the bound: kept alone
+    assert (len(cache), cache.bytes) == (1, 5000)
+    cache.get_or_make("d", make(10))
+    assert (len(cache), cache.bytes) == (1, 10)
+
+    model = CameraModel.from_fields(K, [0.0] * 5, "plumb_bob", W, H)
+    from ovseg_ros.points import camera as camera_module
+
+    for width in range(W, W + 40):  # a size storm
+        ray_table(CameraModel.from_fields(K, [0.0] * 5, "plumb_bob", width, H), "cpu")
+    assert camera_module._ray_cache.bytes <= camera_module.RAY_CACHE_BYTES
+    assert ray_table(model, "cpu").shape == (2, H, W)

@@ -41,13 +41,13 @@ def depth_msg(sec: int, nanosec: int = 0, encoding: str = "32FC1"):
     )
 
 
-def info_msg(k=K, width: int = W, height: int = H):
+def info_msg(k=K, width: int = W, height: int = H, d=(0.0,) * 5):
     return SimpleNamespace(
         header=header(0),
         height=height,
         width=width,
         distortion_model="plumb_bob",
-        d=[0.0] * 5,
+        d=list(d),
         k=list(k),
         r=[1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0],
         p=[K[0], 0, K[2], 0, 0, K[4], K[5], 0, 0, 0, 1, 0],
@@ -93,7 +93,7 @@ def test_outputs_counters_and_per_kind_throttling():
     assert (cloud, info) == (None, None) and "no camera_info" in warnings[0]
     stage.push_camera_info(info_msg(k=[0.0] * 9))
     cloud, info, warnings = run(stage, 2)
-    assert cloud is None and info is not None and "focal lengths" in warnings[0]
+    assert cloud is None and info is None and "focal lengths" in warnings[0]  # never republished
     stage.push_camera_info(info_msg())
     cloud, info, warnings = run(stage, 2, 15_000_000)  # 15 ms off: paired
     assert cloud is not None and info is not None and warnings == []
@@ -113,6 +113,7 @@ def test_outputs_counters_and_per_kind_throttling():
     counters = stage.counters()
     assert counters == {
         "depth_received": 3,
+        "depth_refused_too_large": 0,
         "camera_info_received": 3,
         "depth_paired": 5,
         "depth_unpaired": 3,
@@ -161,3 +162,42 @@ def test_camera_info_scaled_to_the_labels():
     _, same, _ = run(stage, 1)  # the labels' own size: the input's model as it is
     assert (same.width, same.height, same.k) == (W, H, tuple(float(v) for v in K))
 
+
+
+def test_hostile_inputs_are_refused_before_any_work():
+    """A depth image larger than max_pixels (by its declared size), a distortion vector of a
+    million entries and degenerate intrinsics: refused and counted; a repeated camera_info is
+    validated once."""
+    stage = PointsStage(0.02, max_pixels=H * W - 1)
+    huge = depth_msg(1)
+    stage.push_depth(huge)
+    assert stage.counters()["depth_refused_too_large"] == 1
+    assert stage.counters()["depth_received"] == 0  # never kept for pairing
+
+    stage = PointsStage(0.02)
+    stage.push_depth(depth_msg(1))
+    flood = info_msg(d=np.zeros(1_000_000))  # passes every check but its length
+    stage.push_camera_info(flood)
+    cloud, info, warnings = run(stage, 1)
+    assert cloud is None and info is None and "1000000 coefficients" in warnings[0]
+    assert stage._info_cache == {}  # not even keyed: refused by its length
+
+    for k, what in (
+        ([1e-300, 0, K[2], 0, 1e-300, K[5], 0, 0, 1], "focal lengths"),
+        ([K[0], 0, 1e308, 0, K[4], K[5], 0, 0, 1], "principal point"),
+        ([K[0], 0, -3 * W, 0, K[4], K[5], 0, 0, 1], "principal point"),
+    ):
+        stage = PointsStage(0.02)
+        stage.push_depth(depth_msg(1))
+        stage.push_camera_info(info_msg(k=k))
+        cloud, info, warnings = run(stage, 1)
+        assert cloud is None and info is None and what in warnings[0], (k, warnings)
+        assert "degenerate" in warnings[0]
+
+    stage = PointsStage(0.02)
+    stage.push_camera_info(info_msg())
+    first = stage.pairer.camera_info
+    stage.push_camera_info(info_msg())  # the same content in a new message: not revalidated
+    assert stage.pairer.camera_info is first and len(stage._info_cache) == 1
+    stage.push_camera_info(info_msg(width=W + 2))  # new content: validated, replaces it
+    assert stage.pairer.camera_info is not first and len(stage._info_cache) == 1

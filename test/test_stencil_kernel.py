@@ -15,7 +15,8 @@ SCRIPT = textwrap.dedent(
     from ovseg_ros.segmentation import lposs, stencil_kernel
 
     g = torch.Generator().manual_seed(0)
-    cases = [((3, 21, 29), 6, 5), ((3, 9, 40), 6, 19), ((3, 30, 4), 2, 3), ((3, 5, 5), 6, 2)]
+    cases = [((3, 21, 29), 6, 5), ((3, 9, 40), 6, 19), ((3, 30, 4), 2, 3), ((3, 5, 5), 6, 2),
+             ((3, 19, 23), 8, 4)]  # radius 8: the largest pixel_radius allowed
     for (shape, radius, classes) in cases:
         img = torch.rand(*shape, generator=g)
         graph = lposs.pixel_affinity(img, radius=radius)

@@ -6,7 +6,12 @@ Flow per color frame: :class:`DepthPairer` finds the depth frame of nearest stam
 :class:`PointCloudData` (PointCloud2 fields and bytes) that the node and replay publish.
 """
 
-from ovseg_ros.points.camera import CameraModel, ray_table, scale_camera_info
+from ovseg_ros.points.camera import (
+    MAX_DISTORTION_COEFFICIENTS,
+    CameraModel,
+    ray_table,
+    scale_camera_info,
+)
 from ovseg_ros.points.cloud import (
     POINT_DTYPE,
     POINT_FIELDS,
@@ -22,6 +27,7 @@ from ovseg_ros.points.pairing import DepthPairer, PairingStats
 from ovseg_ros.points.project import PointsOptions, build_cloud, class_ids, resize_indices
 
 __all__ = [
+    "MAX_DISTORTION_COEFFICIENTS",
     "POINT_DTYPE",
     "POINT_FIELDS",
     "POINT_STEP",

@@ -11,15 +11,14 @@ image as published); R and P, which describe a rectified image, are not.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from threading import Lock
 from typing import Any
 
 import numpy as np
 import torch
 
+from ovseg_ros.points.cache import ByteLRU
 from ovseg_ros.points.errors import PointsError
 
 # Distortion models whose non-zero coefficients we undistort (OpenCV's coefficient order).
@@ -27,7 +26,14 @@ DISTORTION_MODELS: dict[str, tuple[int, ...]] = {
     "plumb_bob": (4, 5),  # k1 k2 p1 p2 [k3]
     "rational_polynomial": (8,),  # k1 k2 p1 p2 k3 k4 k5 k6
 }
-_RAY_CACHE_SIZE = 8  # camera models x devices kept; a multi-camera node needs one per camera
+# Ray tables of the recent camera models x devices x strides (a multi-camera node needs one per
+# camera): 16 of 640x480, or the current one whatever its size (see ByteLRU).
+RAY_CACHE_BYTES = 32 * 2**20
+MAX_DISTORTION_COEFFICIENTS = 14  # OpenCV's longest model (k1..k6, p1, p2, s1..s4, tx, ty)
+# A focal length f gives a field of view 2 atan(size / 2f): [size / 1000, 1000 size] spans
+# about 179.9 down to 0.06 degrees, every real lens. Outside it, x / z and y / z overflow or
+# collapse to a point: a corrupt or hostile message, not a camera.
+FOCAL_RANGE = (1e-3, 1e3)
 _UNDISTORT_ITERATIONS = 100
 _UNDISTORT_EPS = 1e-24  # squared normalised residual at which Newton has converged
 
@@ -79,10 +85,18 @@ class CameraModel:
     ) -> CameraModel:
         """Validate ``sensor_msgs/CameraInfo`` fields; :class:`PointsError` says what is wrong.
 
-        Refused: K with a zero or non-finite focal length (uncalibrated drivers publish all
-        zeros), skew, a last row other than ``0 0 1``, a zero size, binning, and non-zero
-        distortion of a model other than plumb_bob / rational_polynomial.
+        Refused: more than :data:`MAX_DISTORTION_COEFFICIENTS` D values (checked first, before
+        any numeric work), K with a zero or non-finite focal length (uncalibrated drivers
+        publish all zeros), a focal length outside :data:`FOCAL_RANGE` times the image size or
+        a principal point more than one image size outside the image (degenerate), skew, a
+        last row other than ``0 0 1``, a zero size, binning, and non-zero distortion of a
+        model other than plumb_bob / rational_polynomial.
         """
+        if len(d) > MAX_DISTORTION_COEFFICIENTS:
+            raise PointsError(
+                f"camera_info D has {len(d)} coefficients; no distortion model has more than "
+                f"{MAX_DISTORTION_COEFFICIENTS}"
+            )
         try:
             k_values = tuple(float(v) for v in np.asarray(k, dtype=np.float64).reshape(-1))
             d_values = tuple(float(v) for v in np.asarray(d, dtype=np.float64).reshape(-1))
@@ -103,6 +117,18 @@ class CameraModel:
         width, height = int(width), int(height)
         if width <= 0 or height <= 0:
             raise PointsError(f"camera_info has an invalid image size {width}x{height}")
+        size = max(width, height)
+        low, high = FOCAL_RANGE[0] * size, FOCAL_RANGE[1] * size
+        if not (low <= fx <= high and low <= fy <= high):
+            raise PointsError(
+                f"camera_info K has focal lengths fx={fx:g}, fy={fy:g}: outside [{low:g}, "
+                f"{high:g}] pixels for a {width}x{height} image (a degenerate camera model)"
+            )
+        if not (-width <= cx <= 2 * width and -height <= cy <= 2 * height):
+            raise PointsError(
+                f"camera_info K has its principal point at ({cx:g}, {cy:g}), more than the "
+                f"image size outside the {width}x{height} image (a degenerate camera model)"
+            )
         if int(binning_x) > 1 or int(binning_y) > 1:
             raise PointsError(
                 f"camera_info binning {binning_x}x{binning_y} is not supported (publish the"
@@ -210,8 +236,7 @@ def _undistort_numpy(model: CameraModel, pixels: np.ndarray) -> np.ndarray:
     return np.stack([x, y], axis=-1)
 
 
-_ray_cache: OrderedDict[tuple[CameraModel, str, int], torch.Tensor] = OrderedDict()
-_ray_lock = Lock()
+_ray_cache: ByteLRU[torch.Tensor] = ByteLRU(RAY_CACHE_BYTES)
 
 
 def ray_table(
@@ -221,24 +246,16 @@ def ray_table(
 
     ``H' = ceil(H / stride)``, ``W'`` likewise. Computed once per camera model (K, D,
     distortion model, size), device and stride, in float64 on the host, then kept contiguous on
-    ``device``; the few most recent keys are cached (a multi-camera node needs one per camera).
+    ``device``; the most recent tables are cached up to :data:`RAY_CACHE_BYTES`.
     """
-    key = (model, str(torch.device(device)), int(stride))
-    with _ray_lock:
-        table = _ray_cache.get(key)
-        if table is not None:
-            _ray_cache.move_to_end(key)
-            return table
-    v, u = np.mgrid[0 : model.height : stride, 0 : model.width : stride]
-    rays = undistort_normalized(model, u.reshape(-1), v.reshape(-1))
-    table = torch.from_numpy(
-        np.ascontiguousarray(rays.T.reshape(2, *u.shape), dtype=np.float32)
-    ).to(device)
-    with _ray_lock:
-        _ray_cache[key] = table
-        while len(_ray_cache) > _RAY_CACHE_SIZE:
-            _ray_cache.popitem(last=False)
-    return table
+
+    def make() -> torch.Tensor:
+        v, u = np.mgrid[0 : model.height : stride, 0 : model.width : stride]
+        rays = undistort_normalized(model, u.reshape(-1), v.reshape(-1))
+        table = np.ascontiguousarray(rays.T.reshape(2, *u.shape), dtype=np.float32)
+        return torch.from_numpy(table).to(device)
+
+    return _ray_cache.get_or_make((model, str(torch.device(device)), int(stride)), make)
 
 
 def scale_camera_info(

@@ -2,27 +2,8 @@
 
 from __future__ import annotations
 
-from threading import Lock
-
 import numpy as np
 import torch
-
-_index_cache: dict[tuple[int, str], torch.Tensor] = {}
-_lock = Lock()
-
-
-def _index_on(index: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
-    """The (cached, host) index map uploaded once per device."""
-    if index is None:
-        return None
-    key = (id(index), str(device))  # index maps are cached for the process, so ids are stable
-    with _lock:
-        tensor = _index_cache.get(key)
-        if tensor is None:
-            if len(_index_cache) > 64:
-                _index_cache.clear()
-            tensor = _index_cache[key] = torch.from_numpy(index.copy()).to(device)
-        return tensor
 
 
 def _upload(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -40,7 +21,7 @@ def torch_block(
     depth_values: np.ndarray,
     units_per_metre: float,
     rays: torch.Tensor,
-    sources: dict[str, tuple[np.ndarray | torch.Tensor, np.ndarray | None]],
+    sources: dict[str, tuple[np.ndarray | torch.Tensor, torch.Tensor | None]],
     depth_min: float,
     depth_max: float,
     classes: frozenset[int] | None,
@@ -55,7 +36,7 @@ def torch_block(
     valid = (z >= depth_min) & (z <= depth_max) & (z > 0)
     flat = {}
     for name, (image, index) in sources.items():
-        flat[name] = (_upload(image, device), _index_on(index, device))
+        flat[name] = (_upload(image, device), index)  # index: on the device already
     if classes is not None:
         labels, index = flat["labels"]
         grid_labels = (labels if index is None else labels[index]).long()

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
+from ovseg_ros.points.cache import ByteLRU
 from ovseg_ros.points.camera import CameraModel, ray_table
 from ovseg_ros.points.cloud import POINT_FIELDS, POINT_STEP, PointCloudData
 from ovseg_ros.points.cpu import numpy_block
@@ -66,20 +66,34 @@ def resize_indices(source: int, target: int, stride: int = 1) -> np.ndarray:
     return np.minimum(((2 * target_idx + 1) * source) // (2 * target), source - 1)
 
 
-@lru_cache(maxsize=32)
-def source_index(h: int, w: int, height: int, width: int, stride: int) -> np.ndarray | None:
+INDEX_CACHE_BYTES = 32 * 2**20  # index maps of recent size pairs (ByteLRU)
+_index_cache: ByteLRU[np.ndarray | None] = ByteLRU(INDEX_CACHE_BYTES)
+
+
+def source_index(
+    h: int, w: int, height: int, width: int, stride: int, device: torch.device | None = None
+) -> np.ndarray | torch.Tensor | None:
     """Flat index into an ``[h, w]`` image per strided pixel of an ``[height, width]`` grid.
 
-    ``int64 [ceil(height / stride) * ceil(width / stride)]``, cached (read-only); None when
-    it is the identity (same size, stride 1).
+    ``int64 [ceil(height / stride) * ceil(width / stride)]``: a read-only array, or with a
+    non-CPU ``device`` a tensor there (uploaded once); cached up to :data:`INDEX_CACHE_BYTES`.
+    None when it is the identity (same size, stride 1).
     """
     if (h, w) == (height, width) and stride == 1:
         return None
-    rows = resize_indices(h, height, stride)
-    cols = resize_indices(w, width, stride)
-    index = (rows[:, None] * w + cols).reshape(-1)
-    index.flags.writeable = False
-    return index
+
+    def make() -> np.ndarray:
+        rows = resize_indices(h, height, stride)
+        cols = resize_indices(w, width, stride)
+        index = (rows[:, None] * w + cols).reshape(-1)
+        index.flags.writeable = False
+        return index
+
+    host = _index_cache.get_or_make((h, w, height, width, stride, "cpu"), make)
+    if device is None or device.type == "cpu":
+        return host
+    key = (h, w, height, width, stride, str(device))
+    return _index_cache.get_or_make(key, lambda: torch.from_numpy(host.copy()).to(device))
 
 
 def build_cloud(
@@ -102,6 +116,7 @@ def build_cloud(
     mismatch with the camera model or arrays of the wrong shape.
     """
     model.check_size(depth.width, depth.height)
+    device = torch.device(device)
     inputs = {"labels": (labels, 2), "confidence": (confidence, 2), "rgb": (rgb, 3)}
     sources = {}
     s = options.stride
@@ -110,8 +125,8 @@ def build_cloud(
         if len(shape) != ndim or min(shape[:2]) < 1 or (ndim == 3 and shape[2] != 3):
             raise PointsError(f"{name} has shape {shape}, expected [H, W{', 3' * (ndim == 3)}]")
         flat = array.reshape(shape[0] * shape[1], *shape[2:])
-        sources[name] = (flat, source_index(shape[0], shape[1], depth.height, depth.width, s))
-    device = torch.device(device)
+        index = source_index(shape[0], shape[1], depth.height, depth.width, s, device)
+        sources[name] = (flat, index)
     rays = ray_table(model, device, s)  # [2, ceil(H / s), ceil(W / s)]
     args = (options.depth_min, options.depth_max, options.classes, options.organized)
     if device.type == "cpu":

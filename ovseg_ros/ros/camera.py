@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from diagnostic_msgs.msg import DiagnosticStatus
-from rclpy.callback_groups import CallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode
 from rclpy.subscription import Subscription
@@ -59,6 +59,8 @@ class Camera:
         self._class_publishers: dict[str, object] = {}  # "confidence/<class>" -> publisher
         self.input_loss = InputLossEstimator()  # frames lost before reaching us, from the stamps
         self._inputs = Inputs(node)  # image, then depth and camera_info with a points stage
+        self._image_group = MutuallyExclusiveCallbackGroup()
+        self._depth_group = MutuallyExclusiveCallbackGroup()
         self._messages = OutputMessages()  # one reusable message per image topic
         self._active = False  # subscribed: publishers created now must be enabled by hand
         self._last_points: dict[str, int] = {}  # the depth counters at the previous status
@@ -79,11 +81,14 @@ class Camera:
         reliability: str,
         on_frame: Callable[[Frame], None],
         on_incompatible: Callable[[str, QoSRequestedIncompatibleQoSInfo], None],
-        group: CallbackGroup,
     ) -> str:
         """Subscribe ``image`` (raw) or ``<resolved image>/compressed``, and depth +
         camera_info with a points stage; the image topic name. ``reliability`` as the
-        ``qos_reliability`` parameter (``auto``: the QoS follower renews every input)."""
+        ``qos_reliability`` parameter (``auto``: the QoS follower renews every input).
+
+        Each camera's image callbacks have their own callback group, and its depth and
+        camera_info callbacks another: a flooding camera, or a slow camera_info, never holds
+        up another camera's frames or its own."""
         if transport == "compressed":
             # Resolved (remapping applied) first, so -r image:=/x/image moves both.
             topic = f"{self.node.resolve_topic_name(self.input_topic)}/compressed"
@@ -104,13 +109,13 @@ class Camera:
                 topic,
                 lambda msg: on_frame(self._frame(msg, compressed)),
                 reliability,
-                group,
+                self._image_group,
                 event_callbacks=events,
                 qos_overriding_options=OVERRIDING_OPTIONS,
             )
         ]
         if self.depth is not None:
-            stage, node = self.depth, self.node
+            stage, node, group = self.depth, self.node, self._depth_group
             factories += [
                 factory(node, Image, self.depth_topic, stage.push_depth, reliability, group),
                 factory(

@@ -1,9 +1,10 @@
 """``segment_node``: run the segmentation node until SIGINT / SIGTERM.
 
-Also ``python -m ovseg_ros.ros.main``. Exit status 0 after a signal, 1 if the node could
-not start. Under ``ros2 launch`` a Ctrl-C reaches the node twice (terminal and launch): the
-first starts the shutdown, later ones during the shutdown and the interpreter's exit are
-ignored; a second one while the models are still loading aborts the loading.
+Also ``python -m ovseg_ros.ros.main``. Exit status 0 after a signal or a lifecycle
+``shutdown`` transition, 1 if the node could not start. Under ``ros2 launch`` a Ctrl-C
+reaches the node twice (terminal and launch): the first starts the shutdown, later ones
+during the shutdown and the interpreter's exit are ignored; a second one while the models
+are still loading aborts the loading.
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ def main(args: list[str] | None = None) -> int:
             executor.add_node(node)
             spinner = threading.Thread(target=_spin, args=(executor, signals.stop), name="ros-spin")
             spinner.start()
-            while not signals.stop.wait(0.5):
-                pass
+            while not signals.stop.wait(0.2):
+                if node.finalized.is_set():  # a lifecycle shutdown: the process ends too
+                    node.get_logger().info("finalized by a lifecycle shutdown: exiting")
+                    break
     except KeyboardInterrupt:
         pass
     except ParameterException as exc:  # e.g. 'logit_scale: 40' where a double is expected

@@ -26,6 +26,7 @@ Run: ``ros2 run ovseg_ros segment_node --ros-args -r image:=/camera/color/image_
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from functools import partial
@@ -92,6 +93,7 @@ class SegmentNode(LifecycleNode):
             self._publish_diagnostics,
             callback_group=MutuallyExclusiveCallbackGroup(),
         )
+        self.finalized = threading.Event()  # set by the shutdown transition: the process ends
         self.autostart_failed = False
         if self._value("autostart"):
             ok = self.trigger_configure() == TransitionCallbackReturn.SUCCESS
@@ -105,7 +107,7 @@ class SegmentNode(LifecycleNode):
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate a change (refusing it with a reason) and queue it for the worker."""
-        result, change = parameters.check_request(self, params)
+        result, change = parameters.check_request(self, params, self._camera_keys())
         if not result.successful:
             return result
         if change.classes is not None:
@@ -162,7 +164,12 @@ class SegmentNode(LifecycleNode):
 
     @staticmethod
     def _points_stage(settings: parameters.NodeSettings) -> PointsStage:
-        return PointsStage(settings.depth_sync_tolerance, settings.points, WARN_THROTTLE_S)
+        return PointsStage(
+            settings.depth_sync_tolerance,
+            settings.points,
+            WARN_THROTTLE_S,
+            max_pixels=settings.max_pixels,
+        )
 
     def _load(self, config: SegmenterConfig, classes: list[str]) -> str:
         """Build the segmenter (the models) with vocabulary ``classes``; "" or why it failed."""
@@ -185,10 +192,9 @@ class SegmentNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         transport = str(self._value("image_transport"))
         reliability = str(self._value("qos_reliability")).strip().lower()
-        group = MutuallyExclusiveCallbackGroup()
         try:
             topics = [
-                c.subscribe(transport, reliability, self.worker.submit, self._incompatible, group)
+                c.subscribe(transport, reliability, self.worker.submit, self._incompatible)
                 for c in self.cameras
             ]
         except Exception as exc:  # bad transport / QoS settings: refuse, never die
@@ -198,7 +204,7 @@ class SegmentNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._state_label = "active"
         self.get_logger().info(f"active: segmenting {', '.join(topics)} ({reliability})")
-        self.qos_follower.start(reliability, lambda: self.cameras, group)
+        self.qos_follower.start(reliability, lambda: self.cameras, MutuallyExclusiveCallbackGroup())
         return super().on_activate(state)  # enables the lifecycle publishers
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -214,9 +220,13 @@ class SegmentNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Finalized is a lifecycle node's last state: release everything and let the
+        process end (``segment_node`` exits 0), so launch's ``respawn`` or systemd restart it
+        rather than a zombie that refuses ``configure`` staying up."""
         self.get_logger().info(f"shutting down from {state.label}")
         self.close()
         self._state_label = "finalized"
+        self.finalized.set()
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:

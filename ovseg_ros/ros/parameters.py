@@ -25,10 +25,16 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
-from ovseg_ros.pipeline import string_list
+from ovseg_ros.pipeline import class_confidence_topics, string_list
 from ovseg_ros.points_stage import PointsSettings
+from ovseg_ros.segmentation.budget import check_frame_memory
 from ovseg_ros.segmentation.config import FieldSpec, SegmenterConfig, field_specs
-from ovseg_ros.segmentation.vocabulary import parse_entries
+from ovseg_ros.segmentation.vocabulary import (
+    MAX_ENTRIES,
+    Vocabulary,
+    build_vocabulary,
+    parse_entries,
+)
 
 DEFAULT_CLASSES = [
     "background; floor; wall; ceiling; sky",
@@ -39,6 +45,12 @@ DEFAULT_CLASSES = [
 ]
 TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("auto", "best_effort", "reliable")
+MAX_CLASS_TOPICS = 32  # ~/confidence/<class> topics: each is a publisher and an image per frame
+MAX_CAMERAS = 16
+MAX_POINTS_CLASSES = 256
+# The node's outputs below a camera's namespace: the longest decides whether a name fits.
+CAMERA_TOPICS = ("labels", "confidence", "overlay", "points", "camera_info")
+CAMERA_INPUTS = ("image", "depth", "camera_info")
 
 NODE_SPECS: tuple[FieldSpec, ...] = (
     FieldSpec(
@@ -47,6 +59,7 @@ NODE_SPECS: tuple[FieldSpec, ...] = (
         DEFAULT_CLASSES,
         "Vocabulary: one entry per class, synonyms separated by ';' (the first names the "
         "class); non-empty, no blank or duplicate names. Changeable at runtime.",
+        max_items=MAX_ENTRIES,
     ),
     FieldSpec(
         "confidence_classes",
@@ -54,6 +67,7 @@ NODE_SPECS: tuple[FieldSpec, ...] = (
         [],
         "Classes (names or synonyms in classes) that get a ~/confidence/<class> topic (32FC1 "
         "probability), named after the class's first synonym; '' entries ignored.",
+        max_items=MAX_CLASS_TOPICS,
     ),
     FieldSpec(
         "publish_overlay_alpha",
@@ -103,6 +117,7 @@ NODE_SPECS: tuple[FieldSpec, ...] = (
         "inputs c/image and outputs ~/c/labels ...; all cameras share one model and are "
         "segmented together.",
         rebuild=True,
+        max_items=MAX_CAMERAS,
     ),
     FieldSpec(
         "autostart",
@@ -177,6 +192,19 @@ NODE_SPECS: tuple[FieldSpec, ...] = (
         [],
         "Only points labelled one of these classes (names or synonyms in classes); empty: "
         "all. Changeable at runtime.",
+        max_items=MAX_POINTS_CLASSES,
+    ),
+    FieldSpec(
+        "max_frame_memory_mb",
+        float,
+        4096.0,
+        "Budget of the engine's working memory for one frame, in MiB: a configuration or "
+        "runtime change (engine knobs, classes) whose estimate for the largest frame "
+        "max_image_pixels allows exceeds it is refused with the reason "
+        "(ovseg_ros.segmentation.budget).",
+        minimum=256.0,
+        maximum=1048576.0,
+        rebuild=True,
     ),
 )
 POINTS_PARAMETERS = (
@@ -254,12 +282,70 @@ def value(node: Node, name: str) -> Any:
 def check_node_values(node: Node) -> None:
     """``ValueError`` naming the node parameter whose value breaks its choices or range."""
     for spec in NODE_SPECS:
-        if spec.choices or spec.minimum is not None or spec.maximum is not None:
-            spec.check(value(node, spec.name))
+        current = value(node, spec.name)
+        if spec.type == list[str]:
+            if current is not None:
+                spec.check(list(current))
+        elif spec.choices or spec.minimum is not None or spec.maximum is not None:
+            spec.check(current)
     camera_names(value(node, "cameras"))
     points_settings(node)
 
 
+def check_camera_topics(node: Node, cameras: list[str]) -> None:
+    """``ValueError`` when a camera's input or output topics would not be valid ROS topic
+    names here (namespace and node name included), e.g. too long for the rmw (247
+    characters), before anything is created."""
+    for key in cameras:
+        prefix = f"{key}/" if key else ""
+        names = [f"~/{prefix}{suffix}" for suffix in CAMERA_TOPICS]
+        names += [f"{prefix}{suffix}" for suffix in CAMERA_INPUTS]
+        for name in names:
+            problem = topic_problem(node, name)
+            if problem:
+                where = f"camera {key!r}: " if key else ""
+                raise ValueError(f"cameras: {where}{problem}")
+
+
+def topic_problem(node: Node, name: str) -> str:
+    """Why ``name`` (relative, ``~`` allowed) cannot be a topic of ``node``; "" if it can."""
+    try:
+        resolved = node.resolve_topic_name(name)
+    except Exception as exc:  # rclpy raises RCLError / InvalidTopicNameException
+        reason = str(exc).split(",")[0].split(":", 1)[-1].strip()
+        return f"topic {name!r} is not a valid topic name here ({reason})"
+    if len(resolved) > MAX_TOPIC_LENGTH:
+        return f"topic {resolved!r} has {len(resolved)} characters, over {MAX_TOPIC_LENGTH}"
+    return ""
+
+
+def class_topic_problems(
+    node: Node, cameras: list[str], vocabulary: Vocabulary, names: list[str]
+) -> list[str]:
+    """Why the ``~/[<camera>/]confidence/<class>`` topics of ``names`` cannot all be created
+    (one line per bad topic; [] when every camera can have every one)."""
+    topics, _ = class_confidence_topics(vocabulary, names)
+    problems = []
+    for key in cameras:
+        prefix = f"{key}/" if key else ""
+        problems += [p for s in topics if (p := topic_problem(node, f"~/{prefix}{s}"))]
+    return problems
+
+
+def check_budget(node: Node, config: SegmenterConfig, classes: list[str]) -> None:
+    """``ValueError`` (:func:`~ovseg_ros.segmentation.budget.check_frame_memory`) when the
+    largest frame this node accepts would exceed ``max_frame_memory_mb`` with ``config`` and
+    the vocabulary ``classes``."""
+    queries = sum(len(synonyms) for synonyms in parse_entries(classes))
+    check_frame_memory(
+        config,
+        int(value(node, "max_image_pixels")),
+        queries,
+        float(value(node, "max_frame_memory_mb")),
+    )
+
+
+MAX_TOPIC_LENGTH = 247  # rmw: RMW_TOPIC_MAX_NAME_LENGTH = 255 - 8 (the DDS prefix and suffix)
 _NAME_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -306,10 +392,13 @@ def read_settings(node: Node) -> NodeSettings:
     check_node_values(node)
     classes = list(value(node, "classes") or [])
     parse_entries(classes)
+    cameras = camera_names(value(node, "cameras")) or [""]
+    check_camera_topics(node, cameras)
+    check_budget(node, config, classes)
     return NodeSettings(
         config=config,
         classes=classes,
-        cameras=camera_names(value(node, "cameras")) or [""],
+        cameras=cameras,
         confidence_classes=string_list(value(node, "confidence_classes"), ""),
         overlay_alpha=float(value(node, "publish_overlay_alpha")),
         max_pixels=int(value(node, "max_image_pixels")),
@@ -330,11 +419,32 @@ class Change:
     points: PointsSettings | None = None  # new cloud settings, when any of them changed
 
 
-def check_request(node: Node, parameters: list[Parameter]) -> tuple[SetParametersResult, Change]:
-    """:func:`check_change` against the node's engine values, then the cloud parameters."""
+def check_request(
+    node: Node, parameters: list[Parameter], cameras: list[str]
+) -> tuple[SetParametersResult, Change]:
+    """Validate a set-parameters request in full before anything applies it: the values
+    (:func:`check_change`), the cloud parameters, the frame memory budget, and that the
+    per-class topics of every camera in ``cameras`` can be created. Refused with the reason
+    of the first problem, so a change applies to every camera or to none."""
     result, change = check_change(parameters, engine_values(node))
     if result.successful:
         result, change.points = check_points_change(node, parameters)
+    if not result.successful:
+        return result, change
+    classes = change.classes if change.classes is not None else value(node, "classes") or []
+    if change.knobs or change.classes is not None:
+        config = SegmenterConfig.from_dict({**engine_values(node), **(change.knobs or {})})
+        try:
+            check_budget(node, config, list(classes))
+        except ValueError as exc:
+            return _refused(str(exc)), change
+    if cameras and (change.classes is not None or change.confidence is not None):
+        names = change.confidence
+        if names is None:
+            names = string_list(value(node, "confidence_classes"), "confidence_classes")
+        problems = class_topic_problems(node, cameras, build_vocabulary(classes, 0), names)
+        if problems:
+            return _refused(f"confidence_classes: {problems[0]}"), change
     return result, change
 
 
@@ -348,8 +458,15 @@ def check_change(
     """
     change = Change(knobs={})
     engine_fields = set(current_engine)
+    node_specs = {spec.name: spec for spec in NODE_SPECS}
     for param in parameters:
         name, new = param.name, param.value
+        if name in node_specs and new is not None:
+            spec = node_specs[name]
+            try:  # ranges, list lengths, NaN / inf: rclpy's descriptors do not cover them all
+                spec.check(list(new) if spec.type == list[str] else new)
+            except (ValueError, TypeError) as exc:
+                return _refused(str(exc)), change
         if name == "classes":
             if param.type_ != Parameter.Type.STRING_ARRAY:
                 return _refused("classes must be a non-empty list of strings"), change

@@ -337,7 +337,8 @@ class RoundJob:
             self.update_plans()
 
     def update_plans(self) -> None:
-        """Every camera's outputs for the current vocabulary and settings."""
+        """Every camera's outputs for the current vocabulary and settings, applied to all
+        cameras or (should creating a topic fail) to none."""
         vocabulary = self.segmenter.vocabulary
         names = self.settings.confidence_classes
         topics, missing = class_confidence_topics(vocabulary, names)
@@ -346,8 +347,14 @@ class RoundJob:
                 f"confidence_classes not in the vocabulary (no topic): {', '.join(missing)}; "
                 f"vocabulary: {', '.join(vocabulary.names)}"
             )
-        for camera in self.cameras.values():
-            camera.set_plan(topics, self.settings.overlay_alpha)
+        previous = {key: camera.plan for key, camera in self.cameras.items()}
+        try:
+            for camera in self.cameras.values():
+                camera.set_plan(topics, self.settings.overlay_alpha)
+        except Exception as exc:  # noqa: BLE001 - checked before; never half-applied
+            for key, camera in self.cameras.items():  # every camera back to its old topics
+                camera.set_plan(previous[key].class_topics, previous[key].overlay_alpha)
+            self._logger.error(f"per-class topics unchanged on every camera: {exc}")
 
     # -- a round ---------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -47,8 +48,9 @@ class FieldSpec:
     ``type`` is one of ``FIELD_TYPES``. ``optional``: ``None`` is allowed and means "the
     method's default"; in ROS parameters and YAML files it is written ``unset`` (``""`` for
     strings, ``-1`` for integers, ``"auto"`` for booleans). ``minimum`` / ``maximum`` bound
-    numbers (inclusive unless ``min_open`` / ``max_open``). ``rebuild``: changing it needs a
-    new segmenter (read-only for the node); the others change at runtime.
+    numbers (inclusive unless ``min_open`` / ``max_open``); ``max_items`` bounds the length of
+    a list. ``rebuild``: changing it needs a new segmenter (read-only for the node); the others
+    change at runtime.
     """
 
     name: str
@@ -62,6 +64,7 @@ class FieldSpec:
     max_open: bool = False
     rebuild: bool = False
     optional: bool = False
+    max_items: int | None = None
 
     @property
     def unset(self) -> Any:
@@ -79,11 +82,13 @@ class FieldSpec:
         low, high = self.minimum, self.maximum
         if low is not None and high is not None:
             left, right = "(" if self.min_open else "[", ")" if self.max_open else "]"
-            parts.append(f"in {left}{low:g}, {high:g}{right}")
+            parts.append(f"in {left}{_number(low)}, {_number(high)}{right}")
         elif low is not None:
-            parts.append(f"{'>' if self.min_open else '>='} {low:g}")
+            parts.append(f"{'>' if self.min_open else '>='} {_number(low)}")
         elif high is not None:
-            parts.append(f"{'<' if self.max_open else '<='} {high:g}")
+            parts.append(f"{'<' if self.max_open else '<='} {_number(high)}")
+        if self.max_items is not None:
+            parts.append(f"at most {self.max_items} entries")
         if self.optional:
             parts.append(f"{self.unset!r} = method default")
         return "; ".join(parts)
@@ -94,6 +99,12 @@ class FieldSpec:
             if not self.optional:
                 raise ValueError(f"{self.name} must be set")
             return
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{self.name} must be a finite number, got {value}")
+        if self.max_items is not None and len(value) > self.max_items:
+            raise ValueError(
+                f"{self.name} has {len(value)} entries: at most {self.max_items} are allowed"
+            )
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{self.name} must be one of {list(self.choices)}, got {value!r}")
         low, high = self.minimum, self.maximum
@@ -101,6 +112,11 @@ class FieldSpec:
         above = high is not None and (value >= high if self.max_open else value > high)
         if below or above:
             raise ValueError(f"{self.name} must be {self.constraints.split(';')[0]}, got {value}")
+
+
+def _number(value: float) -> str:
+    """``4294967295`` rather than ``4.29497e+09`` for whole numbers; ``0.01`` as it is."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _setting(
@@ -187,19 +203,32 @@ class SegmenterConfig:
         rebuild=True,
     )
     seed: int = _setting(
-        0, "Seed of the tiny and random presets' weights.", minimum=0, rebuild=True
+        0,
+        "Seed of the tiny and random presets' weights.",
+        minimum=0,
+        maximum=2**32 - 1,
+        rebuild=True,
     )
 
     # Image geometry.
     short_side: int | None = _setting(
-        None, "Resize so the image's short side is this (0 = keep size).", minimum=0
+        None, "Resize so the image's short side is this (0 = keep size).", minimum=0, maximum=2048
     )
     max_long_side: int = _setting(
-        2048, "Upper bound of the long side after resizing.", minimum=1
+        2048, "Upper bound of the long side after resizing.", minimum=32, maximum=4096
     )  # mmseg's Resize(scale=(2048, short_side), keep_ratio=True)
-    window_size: int = _setting(224, "Sliding window size in pixels.", minimum=1)
+    window_size: int = _setting(
+        224,
+        "Sliding window size in pixels (ViT-B/16 was trained at 224).",
+        minimum=32,
+        maximum=1024,
+    )
     window_stride: int = _setting(
-        112, "Sliding window stride in pixels (at most window_size).", minimum=1
+        112,
+        "Sliding window stride in pixels: from a quarter of window_size (at most 16 windows "
+        "cover a pixel) to window_size.",
+        minimum=8,
+        maximum=1024,
     )
     whole_image: bool = _setting(
         False, "One forward pass over the whole image instead of windows (PEARL on VOC)."
@@ -207,7 +236,11 @@ class SegmenterConfig:
 
     # Scores -> probabilities.
     logit_scale: float = _setting(
-        40.0, "Probabilities = softmax(logit_scale * cosine).", minimum=0.0, min_open=True
+        40.0,
+        "Probabilities = softmax(logit_scale * cosine).",
+        minimum=0.0,
+        maximum=1000.0,
+        min_open=True,
     )
     prob_threshold: float = _setting(
         0.0, "Pixels whose probability is below this get entry 0.", minimum=0.0, maximum=1.0
@@ -215,38 +248,54 @@ class SegmenterConfig:
 
     # PEARL: Procrustes-aligned attention in the last block.
     alpha_kk: float = _setting(
-        0.08, "PEARL: weight of the key-key attention term (0.3 outdoors).", minimum=0.0
+        0.08,
+        "PEARL: weight of the key-key attention term (0.3 outdoors).",
+        minimum=0.0,
+        maximum=10.0,
     )
     use_kk: bool = _setting(True, "PEARL: add the key-key attention term.")
     procrustes_solver: str = _setting(
         "polar", "PEARL: orthogonal factor solver (Newton-Schulz or SVD).", choices=SOLVERS
     )
-    polar_iters: int = _setting(5, "PEARL: Newton-Schulz iterations.", minimum=0)
+    polar_iters: int = _setting(
+        5,
+        "PEARL: Newton-Schulz iterations (quadratic convergence: more than a few dozen change "
+        "nothing).",
+        minimum=0,
+        maximum=50,
+    )
 
     # PEARL: text-aware Laplacian propagation (a refiner usable after any method).
     tlp: bool | None = _setting(None, "Text-aware Laplacian propagation (pearl: on).")
-    tlp_grid: int = _setting(80, "TLP: grid size (224 for Cityscapes).", minimum=1)
-    tlp_iters: int = _setting(25, "TLP: conjugate-gradient steps.", minimum=0)
+    tlp_grid: int = _setting(80, "TLP: grid size (224 for Cityscapes).", minimum=8, maximum=512)
+    tlp_iters: int = _setting(25, "TLP: conjugate-gradient steps.", minimum=0, maximum=200)
 
     # LPOSS: one kNN graph over the patches of all windows.
-    lposs_k: int = _setting(400, "LPOSS: nearest neighbours per patch.", minimum=1)
-    lposs_gamma: float = _setting(3.0, "LPOSS: similarity exponent.", minimum=0.0)
-    lposs_sigma: float = _setting(0.01, "LPOSS: spatial decay per pixel.", minimum=0.0)
+    lposs_k: int = _setting(400, "LPOSS: nearest neighbours per patch.", minimum=1, maximum=1000)
+    lposs_gamma: float = _setting(3.0, "LPOSS: similarity exponent.", minimum=0.0, maximum=10.0)
+    lposs_sigma: float = _setting(
+        0.01, "LPOSS: spatial decay per pixel.", minimum=0.0, maximum=10.0
+    )
     lposs_alpha: float = _setting(
         0.95, "LPOSS: propagation strength.", minimum=0.0, maximum=1.0, max_open=True
     )
-    lposs_iters: int = _setting(10, "LPOSS: conjugate-gradient steps.", minimum=0)
+    lposs_iters: int = _setting(10, "LPOSS: conjugate-gradient steps.", minimum=0, maximum=200)
 
     # LPOSS+: pixel-level propagation (a refiner usable after any method).
     pixel_refine: bool | None = _setting(None, "LPOSS+ pixel-level refinement (lposs_plus: on).")
-    pixel_radius: int = _setting(6, "LPOSS+: neighbourhood radius (6 -> 13x13).", minimum=0)
+    pixel_radius: int = _setting(
+        6,
+        "LPOSS+: neighbourhood radius (6 -> 13x13; the stencil is tested up to 8).",
+        minimum=0,
+        maximum=8,
+    )
     pixel_tau: float = _setting(
-        0.01, "LPOSS+: colour distance temperature.", minimum=0.0, min_open=True
+        0.01, "LPOSS+: colour distance temperature.", minimum=0.0, maximum=10.0, min_open=True
     )
     pixel_alpha: float = _setting(
         0.95, "LPOSS+: propagation strength.", minimum=0.0, maximum=1.0, max_open=True
     )
-    pixel_iters: int = _setting(10, "LPOSS+: conjugate-gradient steps.", minimum=0)
+    pixel_iters: int = _setting(10, "LPOSS+: conjugate-gradient steps.", minimum=0, maximum=200)
 
     # Backbone acceleration (segmentation/accel.py): off until measured faster on the GPU used.
     compile: bool = _setting(
@@ -264,15 +313,27 @@ class SegmenterConfig:
 
     # Tiny preset sizes (random weights, same architectures).
     tiny_width: int = _setting(
-        64, "Tiny preset: transformer width (a multiple of 32).", minimum=32, rebuild=True
+        64,
+        "Tiny preset: transformer width (a multiple of 32).",
+        minimum=32,
+        maximum=1024,
+        rebuild=True,
     )
-    tiny_layers: int = _setting(2, "Tiny preset: transformer layers.", minimum=1, rebuild=True)
+    tiny_layers: int = _setting(
+        2, "Tiny preset: transformer layers.", minimum=1, maximum=24, rebuild=True
+    )
 
     def __post_init__(self) -> None:
         for spec in field_specs():
             spec.check(getattr(self, spec.name))
         if self.window_stride > self.window_size:
             raise ValueError("window_stride must not exceed window_size (windows would leave gaps)")
+        if 4 * self.window_stride < self.window_size:
+            raise ValueError(
+                f"window_stride must be at least a quarter of window_size "
+                f"({-(-self.window_size // 4)} for {self.window_size}): smaller strides multiply "
+                "the windows without changing the result much"
+            )
         if self.tiny_width % 32:
             raise ValueError(f"tiny_width must be a multiple of 32, got {self.tiny_width}")
 
