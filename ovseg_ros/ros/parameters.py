@@ -309,13 +309,21 @@ def check_camera_topics(node: Node, cameras: list[str]) -> None:
 
 def topic_problem(node: Node, name: str) -> str:
     """Why ``name`` (relative, ``~`` allowed) cannot be a topic of ``node``; "" if it can."""
+    namespace = node.get_namespace().rstrip("/")
+    full = f"{namespace}/{node.get_name()}{name[1:]}" if name.startswith("~") else name
+    if not full.startswith("/"):
+        full = f"{namespace}/{full}"
+    if len(full) > MAX_TOPIC_LENGTH:  # rcl's own message would not say by how much
+        shown = full if len(full) <= 80 else f"{full[:40]}...{full[-30:]}"
+        return (
+            f"topic {shown} has {len(full)} characters, over the {MAX_TOPIC_LENGTH} the rmw "
+            "accepts"
+        )
     try:
-        resolved = node.resolve_topic_name(name)
+        node.resolve_topic_name(name)
     except Exception as exc:  # rclpy raises RCLError / InvalidTopicNameException
         reason = str(exc).split(",")[0].split(":", 1)[-1].strip()
         return f"topic {name!r} is not a valid topic name here ({reason})"
-    if len(resolved) > MAX_TOPIC_LENGTH:
-        return f"topic {resolved!r} has {len(resolved)} characters, over {MAX_TOPIC_LENGTH}"
     return ""
 
 

@@ -1,0 +1,317 @@
+"""The node under hostile use over DDS, from another process (issue: no knob or input may
+stall, bloat or kill it): every parameter call, camera_info and depth image a peer on the same
+domain can send is refused with a reason or handled in bounded time and memory, and the node
+keeps labelling.
+
+Each node runs as ``segment_node`` would (``python -m ovseg_ros.ros.main``) on a private
+domain; this process plays the camera and the planner. Nothing depends on the machine's speed:
+where frames are counted, every frame is accounted for (labelled, or dropped by the node
+because a newer one of the same camera replaced it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from ovseg_ros.harness.client import NodeClient
+from ovseg_ros.harness.domain import child_env, private_domain_id
+from ovseg_ros.harness.frames import stamped_frame
+from ovseg_ros.harness.process import NodeProcess, wait_for, wait_until
+
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(300)]
+
+TINY = {"preset": "tiny", "device": "cpu", "templates": "single"}
+# A camera name whose fixed topics fit the rmw's 247 characters under /ovseg/ but whose
+# /ovseg/<name>/confidence/<class> topics do not.
+LONG = "c" * 226
+A_LABELS = "/ovseg/a/labels"
+
+
+def _refused(result) -> str:
+    assert not result.successful, "accepted"
+    return result.reason
+
+
+@pytest.fixture(scope="module")
+def domain() -> int:
+    return private_domain_id()
+
+
+@pytest.fixture(scope="module")
+def two_cameras(domain, tmp_path_factory):
+    """A node with cameras ``a`` and :data:`LONG`, and its client."""
+    log = tmp_path_factory.mktemp("bounds") / "node.log"
+    node = NodeProcess(child_env(domain), log, {**TINY, "cameras": ["a", LONG]})
+    client = NodeClient.on_domain(domain, image_topic="/a/image", labels="stamps")
+    client.track_stamps(A_LABELS)
+    client.track_stamps(f"/ovseg/{LONG}/labels")
+    try:
+        wait_for(lambda: client.publisher_count(A_LABELS) > 0, 120, "the node", node)
+        wait_for(lambda: client.state() == "active", 60, "activation", node)
+        yield node, client
+    finally:
+        client.close()
+        node.stop()
+
+
+def _labelled(client: NodeClient, sec: int, topic: str = "", timeout: float = 30.0) -> bool:
+    """Publish frames from ``sec`` on until one is labelled on ``topic`` (default: the
+    client's labels topic); a busy node drops some."""
+    topic = topic or client.labels_topic
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        client.image_pub.publish(stamped_frame(sec))
+        if wait_until(lambda s=sec: s * 10**9 in client.arrivals(topic), 1.0):
+            return True
+        sec += 1
+    return False
+
+
+def test_knob_extremes_are_refused_with_a_reason_and_labelling_goes_on(two_cameras) -> None:
+    node, client = two_cameras
+    assert _labelled(client, 100, A_LABELS)
+    # name -> (value, what the reason must say): rclpy's descriptor check ("out of range.
+    # Min: 0, Max: 50") or ours ("must be in [0, 50]", "finite", "at most 32").
+    cases = {
+        "polar_iters": (10**9, "50"),
+        "tlp_iters": (10**9, "200"),
+        "window_stride": (1, "8"),
+        "pixel_radius": (10**4, "8"),
+        "short_side": (10**6, "2048"),
+        "max_long_side": (10**6, "4096"),
+        "logit_scale": (math.nan, "finite"),
+        "alpha_kk": (math.inf, ""),
+        "publish_overlay_alpha": (math.nan, ""),
+        "depth_max": (math.inf, ""),
+        "confidence_classes": ([f"class {i}" for i in range(1000)], "at most 32"),
+        "points_classes": ([f"class {i}" for i in range(1000)], "at most 256"),
+    }
+    for name, (value, says) in cases.items():
+        (result,) = client.set_parameters(Parameter(name, value=value))
+        reason = _refused(result)
+        assert name in reason and says in reason, (name, reason)
+    # A combination within every range but over the frame memory budget: refused, naming
+    # the term and its knobs; the settings themselves were fine.
+    results = client.set_parameters(
+        Parameter("short_side", value=2048), Parameter("max_long_side", value=4096)
+    )
+    assert all(r.successful for r in results), [r.reason for r in results]
+    many = [f"thing number {i}" for i in range(300)]
+    (result,) = client.set_parameters(Parameter("classes", value=many))
+    reason = _refused(result)
+    assert "max_frame_memory_mb" in reason and "class maps" in reason, reason
+    client.set_parameters(Parameter("short_side", value=-1), Parameter("max_long_side", value=2048))
+    (ok,) = client.set_parameters(Parameter("polar_iters", value=3))
+    assert ok.successful
+    assert client.get_parameters("polar_iters", "logit_scale") == [3, 40.0]
+    assert _labelled(client, 200, A_LABELS)  # still labelling, with the accepted change
+    assert node.alive()
+
+
+def test_a_class_topic_change_applies_to_every_camera_or_none(two_cameras) -> None:
+    """``~/<LONG>/confidence/door`` would exceed the rmw's topic length: the change is refused
+    before any camera got a topic, and a change that fits reaches both cameras."""
+    node, client = two_cameras
+    (result,) = client.set_parameters(Parameter("confidence_classes", value=["door"]))
+    reason = _refused(result)
+    assert "characters" in reason or "not a valid topic name" in reason, reason
+    time.sleep(0.5)
+    topics = {name for name, _ in client.node.get_topic_names_and_types()}
+    assert not any(t.endswith("/confidence/door") for t in topics)
+    (result,) = client.set_parameters(Parameter("confidence_classes", value=["person"]))
+    # '/ovseg/' + LONG + '/confidence/person' = 251 characters: refused as well
+    assert "confidence_classes" in _refused(result)
+    assert node.alive() and _labelled(client, 300, A_LABELS)
+
+
+def test_a_flooding_camera_does_not_starve_another(two_cameras, tmp_path) -> None:
+    """Camera ``a`` at 200 Hz, :data:`LONG` at 2 Hz: the slow camera's frames are labelled
+    (its frames can only be replaced by its own newer ones); the flood is served too."""
+    node, client = two_cameras
+    slow_topic = f"/ovseg/{LONG}/labels"
+    slow_pub = client.node.create_publisher(Image, f"/{LONG}/image", 10)
+    wait_for(lambda: slow_pub.get_subscription_count() > 0, 30, "the slow subscription")
+    client.reset()
+    flood_msg, slow_sent = stamped_frame(0), []
+    start = time.monotonic()
+    for i in range(2000):  # 10 s at 200 Hz; every 100th tick also a slow frame (2 Hz)
+        delay = start + i / 200 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        flood_msg.header.stamp.sec, flood_msg.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
+        client.image_pub.publish(flood_msg)
+        if i % 100 == 0:
+            sec = 10_000 + i // 100
+            slow_pub.publish(stamped_frame(sec))
+            slow_sent.append(sec * 10**9)
+    time.sleep(3.0)
+    slow = client.arrivals(slow_topic)
+    labelled = [s for s in slow_sent if s in slow]
+    assert len(labelled) >= 0.9 * len(slow_sent), (len(labelled), len(slow_sent))
+    assert len(client.arrivals(A_LABELS)) > 0  # the flood is served too
+    client.node.destroy_publisher(slow_pub)
+    assert node.alive()
+
+
+@pytest.fixture(scope="module")
+def depth_node(domain, tmp_path_factory):
+    """A node with depth, images and depth limited to 320x240 pixels."""
+    log = tmp_path_factory.mktemp("bounds_depth") / "node.log"
+    params = {**TINY, "depth": True, "max_image_pixels": 320 * 240}
+    node = NodeProcess(child_env(domain), log, params, ("-r", "__node:=ovseg_rgbd"))
+    client = NodeClient.on_domain(domain, "ovseg_rgbd", image_topic="/image", labels="stamps")
+    client.subscribe(CameraInfo, "/ovseg_rgbd/camera_info")
+    client.subscribe(PointCloud2, "/ovseg_rgbd/points")  # clouds are built only when wanted
+    client.subscribe(DiagnosticArray, "/diagnostics")
+    try:
+        wait_for(lambda: client.publisher_count(client.labels_topic) > 0, 120, "the node", node)
+        wait_for(lambda: client.state() == "active", 60, "activation", node)
+        yield node, client
+    finally:
+        client.close()
+        node.stop()
+
+
+def domain_of(client: NodeClient) -> int:
+    return client.context.get_domain_id()
+
+
+def _info(width: int, height: int, d=(0.0,) * 5, k=None) -> CameraInfo:
+    fx = 0.8 * width
+    msg = CameraInfo(width=width, height=height, distortion_model="plumb_bob")
+    msg.k = k or [fx, 0.0, width / 2, 0.0, fx, height / 2, 0.0, 0.0, 1.0]
+    msg.d = list(d)
+    msg.header.frame_id = "depth"
+    return msg
+
+
+def _depth(sec: int, width: int, height: int) -> Image:
+    msg = Image(width=width, height=height, encoding="16UC1", step=width * 2)
+    msg.header.stamp.sec, msg.header.frame_id = sec, "depth"
+    msg.data = np.full((height, width), 1500, np.uint16).tobytes()
+    return msg
+
+
+def _points_values(client: NodeClient) -> dict[str, str]:
+    for array in reversed(client.messages("/diagnostics")):
+        for status in array.status:
+            if status.name == "ovseg_rgbd: points":
+                return {kv.key: kv.value for kv in status.values}
+    return {}
+
+
+def test_a_camera_info_flood_neither_stalls_labels_nor_is_republished(depth_node) -> None:
+    """camera_info with a million D values at ~10 Hz beside a 5 Hz camera: refused by its
+    length, never on ~/camera_info; >= 90% of the frames labelled or dropped for a newer one.
+    Then degenerate intrinsics: refused the same way."""
+    node, client = depth_node
+    # The flood comes from its own participant, as from another process: 80 MB/s of reliable
+    # camera_info through this client's participant would hold up its own camera's frames.
+    attacker = NodeClient.on_domain(domain_of(client), image_topic=None, client_name="attacker")
+    info_pub = attacker.node.create_publisher(CameraInfo, "/camera_info", 10)
+    depth_pub = client.node.create_publisher(Image, "/depth", 10)
+    wait_for(lambda: info_pub.get_subscription_count() > 0, 30, "camera_info subscription")
+    flood = _info(64, 48, d=np.zeros(1_000_000))
+    before = client.fresh_diagnostics()
+    sent = []
+    for i in range(30):
+        for _ in range(2):
+            info_pub.publish(flood)
+            time.sleep(0.1)
+        sec = 500 + i
+        depth_pub.publish(_depth(sec, 64, 48))
+        client.image_pub.publish(stamped_frame(sec))
+        sent.append(sec * 10**9)
+    diag = client.settled_diagnostics(time.time_ns())
+    labelled = [s for s in sent if s in client.arrivals(client.labels_topic)]
+    dropped = int(diag["frames_dropped"]) - int(before["frames_dropped"])
+    assert len(labelled) + dropped >= 0.9 * len(sent), (len(labelled), dropped, {k: v for k, v in diag.items() if "frames" in k})
+    assert len(labelled) >= 0.5 * len(sent)
+    assert client.messages("/ovseg_rgbd/camera_info") == []  # the bad model is never republished
+    values = _points_values(client)
+    assert int(values["clouds_skipped_bad_camera_info"]) > 0
+    for k in ([1e-300, 0.0, 32.0, 0.0, 1e-300, 24.0, 0.0, 0.0, 1.0],
+              [50.0, 0.0, 1e308, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0]):  # fmt: skip
+        info_pub.publish(_info(64, 48, k=k))
+        time.sleep(0.2)
+        depth_pub.publish(_depth(900, 64, 48))
+        assert _labelled(client, 900)
+    assert client.messages("/ovseg_rgbd/camera_info") == []
+    attacker.close()
+    info_pub = client.node.create_publisher(CameraInfo, "/camera_info", 10)
+    wait_for(lambda: info_pub.get_subscription_count() > 0, 30, "camera_info subscription")
+    info_pub.publish(_info(64, 48))  # a sane model is republished at once
+    time.sleep(0.2)
+    depth_pub.publish(_depth(950, 64, 48))
+    assert _labelled(client, 950)
+    assert wait_until(lambda: client.messages("/ovseg_rgbd/camera_info"), 5)
+    assert node.alive()
+
+
+def test_oversized_depth_is_refused_and_a_size_storm_returns_its_memory(depth_node) -> None:
+    node, client = depth_node
+    info_pub = client.node.create_publisher(CameraInfo, "/camera_info", 10)
+    depth_pub = client.node.create_publisher(Image, "/depth", 10)
+    wait_for(lambda: depth_pub.get_subscription_count() > 0, 30, "depth subscription")
+    info_pub.publish(_info(64, 48))
+    huge = _depth(1000, 4000, 3000)  # 12 M pixels, 24 MB: over max_image_pixels
+    before = int(_points_values(client).get("depth_refused_too_large", 0))
+    for sec in range(1000, 1004):
+        huge.header.stamp.sec = sec
+        depth_pub.publish(huge)
+        time.sleep(0.1)
+    assert wait_until(
+        lambda: int(_points_values(client).get("depth_refused_too_large", 0)) >= before + 4, 10
+    )
+    assert _labelled(client, 1010)
+
+    def storm(first_sec: int, sizes) -> None:
+        for i, (width, height) in enumerate(sizes):
+            sec = first_sec + i
+            info_pub.publish(_info(width, height))
+            depth_pub.publish(_depth(sec, width, height))
+            client.image_pub.publish(stamped_frame(sec, width, height))
+            time.sleep(0.15)
+
+    normal = [(64, 48)] * 10
+    storm(2000, normal)  # warm-up at the normal size
+    time.sleep(1.0)
+    baseline = node.rss_mib()
+    storm(3000, [(64 + 8 * i, 48 + 6 * i) for i in range(1, 33)])  # up to 320x240
+    storm(4000, normal)
+    time.sleep(1.0)
+    after = node.rss_mib()
+    assert after - baseline < 150, (baseline, after)
+    assert _labelled(client, 5000) and node.alive()
+
+
+def test_a_lifecycle_shutdown_ends_the_process(domain, tmp_path) -> None:
+    node = NodeProcess(child_env(domain), tmp_path / "node.log", TINY, ("-r", "__node:=ovseg_end"))
+    client = NodeClient.on_domain(domain, "ovseg_end", image_topic=None)
+    try:
+        wait_for(lambda: client.state() == "active", 120, "activation", node)
+        assert client.transition(label="shutdown")
+        assert node.wait(30) == 0  # not a zombie: a supervisor can restart it
+        assert "finalized by a lifecycle shutdown" in node.log()
+    finally:
+        client.close()
+        node.stop()
+
+
+def test_a_camera_name_too_long_for_the_rmw_fails_configure_with_the_reason(
+    domain, tmp_path
+) -> None:
+    name = "c" * 250
+    node = NodeProcess(child_env(domain), tmp_path / "node.log", {**TINY, "cameras": [name]})
+    try:
+        assert node.wait(60) == 1
+        assert "characters" in node.log() and "cameras" in node.log(), node.tail()
+    finally:
+        node.stop()
