@@ -12,9 +12,9 @@ p99 is printed.
     python3 scripts/dds_delivery.py --sizes 640x480 --duration 2 --json out.json
 
 Needs rclpy and sensor_msgs (the ROS 2 Jazzy PyPI wheels work) and this checkout: the camera
-and the latency arithmetic are those of ``ovseg-bench --node``
-(:mod:`ovseg_ros.tools.node_bench_procs`). Profiles are applied
-through FASTRTPS_DEFAULT_PROFILES_FILE (read by Fast DDS 2.x, Jazzy) and
+and the recorder are the DDS harness's (:mod:`ovseg_ros.harness.peers`), the latency
+arithmetic that of ``ovseg-bench node`` (:mod:`ovseg_ros.bench.measure`). Profiles are
+applied through FASTRTPS_DEFAULT_PROFILES_FILE (read by Fast DDS 2.x, Jazzy) and
 FASTDDS_DEFAULT_PROFILES_FILE (Fast DDS 3.x).
 """
 
@@ -22,25 +22,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's ovseg_ros, installed or not
 
+from ovseg_ros.bench.measure import latencies_ms, percentiles  # noqa: E402
+from ovseg_ros.harness.domain import child_env, private_domain_id  # noqa: E402
+from ovseg_ros.harness.peers import read_arrivals, run_camera, start_recorder  # noqa: E402
 from ovseg_ros.tools.cli import size_arg  # noqa: E402
-from ovseg_ros.tools.node_bench_procs import (  # noqa: E402
-    latencies_ms,
-    percentiles,
-    publish_at_rate,
-    spin_until_stdin_closes,
-    stamp_ns,
-    wait_for_subscriber,
-)
 
 DEFAULT_PROFILE = ROOT / "config" / "fastdds_large_images.xml"
 PROFILE_VARS = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
@@ -52,66 +47,15 @@ PLACEMENTS = {
     "both": (True, True),
 }
 TOPIC = "/dds_delivery/image"
-MATCH_TIMEOUT_S = 20.0
-
-
-# -- the two roles, each run in its own process ----------------------------------------------
-
-
-def run_publisher(width: int, height: int, rate: float, duration: float) -> dict:
-    """Publish `rate * duration` rgb8 frames, reliable keep-last 10; return their stamps."""
-    import rclpy
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    rclpy.init()
-    node = rclpy.create_node("dds_delivery_camera")
-    publisher = node.create_publisher(
-        Image, TOPIC, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    )
-    matched = wait_for_subscriber(publisher, MATCH_TIMEOUT_S)
-    msg = Image(height=height, width=width, encoding="rgb8", step=width * 3)
-    msg.data = bytes(width * height * 3)  # content does not matter; converted once, reused
-    stamps = publish_at_rate(publisher, msg, max(1, round(rate * duration)), rate)
-    time.sleep(0.5)  # let a reliable writer finish repairs before the process goes away
-    node.destroy_node()
-    rclpy.try_shutdown()
-    return {"stamps": stamps, "matched": matched}
-
-
-def run_subscriber(reliable: bool, depth: int) -> dict:
-    """Record the arrival time (ns) of every frame, by its stamp, until stdin closes."""
-    import rclpy
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    rclpy.init()
-    node = rclpy.create_node("dds_delivery_subscriber")
-    arrivals: dict[int, int] = {}
-
-    def on_image(msg: Image) -> None:
-        arrivals.setdefault(stamp_ns(msg), time.time_ns())
-
-    policy = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
-    node.create_subscription(Image, TOPIC, on_image, QoSProfile(depth=depth, reliability=policy))
-    spin_until_stdin_closes(node)
-    return {"arrivals": arrivals}
-
-
-# -- the driver ----------------------------------------------------------------------------
 
 
 def _env(domain: int, profile: Path | None) -> dict[str, str]:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
+    env = child_env(domain)
     for var in PROFILE_VARS:
         env.pop(var, None)
         if profile is not None:
             env[var] = str(profile)
     return env
-
-
-def _role(*args: str) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--role", *args]
 
 
 def measure(
@@ -120,62 +64,51 @@ def measure(
     placement: str,
     args: argparse.Namespace,
 ) -> dict:
-    """One publisher process and one subscriber process; delivery and latency of one case."""
+    """One camera process and one recorder process; delivery and latency of one case."""
     width, height = size
     pub_profile, sub_profile = PLACEMENTS[placement]
-    domain = random.randint(1, 200)  # a private domain per case: no cross-talk, no leftovers
-    subscriber = subprocess.Popen(
-        _role(
-            "subscriber", "--reliable" if reliable else "--best-effort", "--depth", str(args.depth)
-        ),
-        env=_env(domain, args.profile if sub_profile else None),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        publisher = subprocess.run(
-            _role(
-                "publisher",
-                "--size",
-                f"{width}x{height}",
-                "--rate",
-                str(args.rate),
-                "--duration",
-                str(args.duration),
-            ),
-            env=_env(domain, args.profile if pub_profile else None),
-            capture_output=True,
-            text=True,
-            timeout=MATCH_TIMEOUT_S + args.duration + 30,
-        )
-        if publisher.returncode != 0:
-            raise RuntimeError(f"publisher failed:\n{publisher.stderr[-2000:]}")
-        sent = json.loads(publisher.stdout.strip().splitlines()[-1])
-        time.sleep(1.0)  # frames still in flight
-        out, _ = subscriber.communicate("", timeout=30)
-    finally:
-        if subscriber.poll() is None:
-            subscriber.kill()
-            subscriber.wait()
-    if subscriber.returncode != 0:
-        raise RuntimeError(f"subscriber exited with {subscriber.returncode}")
-    arrivals = json.loads(out.strip().splitlines()[-1])["arrivals"]  # JSON keys are strings
-    stamps = sent["stamps"]
-    latencies = latencies_ms(stamps, {int(stamp): at for stamp, at in arrivals.items()})
+    domain = private_domain_id()  # a private domain per case: no cross-talk, no leftovers
+    qos = "reliable" if reliable else "best_effort"
+    with tempfile.TemporaryDirectory(prefix="dds_delivery_") as tmp:
+        work = Path(tmp)
+        env = _env(domain, args.profile if sub_profile else None)
+        got = work / "got.json"
+        with start_recorder(env, work / "sub.log", TOPIC, qos, args.depth, got) as sub:
+            shot = run_camera(
+                _env(domain, args.profile if pub_profile else None),
+                work / "pub.log",
+                TOPIC,
+                size,
+                args.rate,
+                args.duration,
+                frame=_zeros(work, width, height),
+            )
+            time.sleep(1.0)  # frames still in flight
+            code = sub.stop()
+        if code != 0:
+            raise RuntimeError(f"subscriber exited with {code}:\n{sub.tail()}")
+        arrivals = read_arrivals(got)
+    latencies = latencies_ms(shot.stamps, arrivals)
     latency, delivered = percentiles(latencies), int(latencies.size)
     return {
         "size": f"{width}x{height}",
         "megabytes": width * height * 3 / 1e6,
-        "subscriber_qos": "reliable" if reliable else "best_effort",
+        "subscriber_qos": qos,
         "profile": placement,
-        "sent": len(stamps),
-        "matched": sent["matched"],
+        "sent": len(shot.stamps),
+        "matched": shot.matched,
         "delivered": delivered,
-        "delivered_pct": 100.0 * delivered / len(stamps),
+        "delivered_pct": 100.0 * delivered / len(shot.stamps),
         "latency_p50_ms": latency["p50"],
         "latency_p99_ms": latency["p99"],
     }
+
+
+def _zeros(folder: Path, width: int, height: int) -> Path:
+    """A black frame as the camera's ``.npy`` (content does not matter here)."""
+    path = folder / "frame.npy"
+    np.save(path, np.zeros((height, width, 3), np.uint8))
+    return path
 
 
 def markdown(rows: list[dict], rate: float, duration: float) -> str:
@@ -227,19 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--depth", type=int, default=5, help="subscriber history depth")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
-    # Internal: the role of a child process.
-    parser.add_argument("--role", choices=["publisher", "subscriber"], help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=size_arg, help=argparse.SUPPRESS)
-    parser.add_argument("--reliable", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--best-effort", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-
-    if args.role == "publisher":
-        print(json.dumps(run_publisher(*args.size, args.rate, args.duration)), flush=True)
-        return 0
-    if args.role == "subscriber":
-        print(json.dumps(run_subscriber(args.reliable, args.depth)), flush=True)
-        return 0
     if args.rate <= 0 or args.duration <= 0:
         parser.error("--rate and --duration must be positive")
     if not args.profile.is_file():

@@ -7,8 +7,8 @@
 #
 # 1. scripts/setup.sh creates or reuses .venv (PyTorch's CUDA build, Triton, ovseg_ros and the
 #    test extras); --skip-setup uses .venv as it is.
-# 2. python -m ovseg_ros.tools.gpu_check runs the CUDA tests (pytest -m cuda), ovseg-bench
-#    --preset random for every method in fp32 and fp16, ovseg-bench --node with the random
+# 2. python scripts/gpu_check/check.py runs the CUDA tests (pytest -m cuda), ovseg-bench
+#    engine --preset random for every method in fp32 and fp16, ovseg-bench node with the random
 #    preset, and writes gpu_check_report.md and gpu_check_report.json into the output folder.
 #
 # The steps after setup are sized to finish within 10 minutes on one GPU (--budget seconds).
@@ -49,4 +49,4 @@ setup_s=$((SECONDS - START))
 if [[ $device == cuda ]] && ! command -v nvidia-smi >/dev/null; then
     echo "gpu_check.sh: warning: nvidia-smi not found: is the NVIDIA driver installed?" >&2
 fi
-exec .venv/bin/python -m ovseg_ros.tools.gpu_check --setup-seconds "$setup_s" "${args[@]}"
+exec .venv/bin/python scripts/gpu_check/check.py --setup-seconds "$setup_s" "${args[@]}"

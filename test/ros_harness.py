@@ -1,16 +1,14 @@
-"""Shared scaffolding of the DDS tests: a private domain id per test module, polling, an rclpy
-context, executors spinning on daemon threads, and ``SegmentNode`` running in-process.
+"""Shared scaffolding of the DDS tests: a private domain id per test module and polling (the
+harness's, :mod:`ovseg_ros.harness`), an rclpy context, executors spinning on daemon
+threads, and ``SegmentNode`` running in-process.
 
 Everything is real rclpy over DDS; nothing here replaces a ROS part.
 """
 
 from __future__ import annotations
 
-import os
-import random
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,24 +18,11 @@ from rclpy.executors import Executor, MultiThreadedExecutor, SingleThreadedExecu
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from ovseg_ros.harness.domain import private_domain_id  # noqa: F401 - the tests' import
+from ovseg_ros.harness.process import wait_until  # noqa: F401 - the tests' import
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"preset": "tiny", "device": "cpu", "templates": "single"}  # fast text encoding
-
-
-def private_domain_id() -> int:
-    """A random ROS domain id in 1..200: call once per test module, so that test runs of
-    different engineers on one machine never cross-talk."""
-    return random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, poll: float = 0.02) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` s passed; its last value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(poll)
-    return predicate()
 
 
 @contextmanager

@@ -1,5 +1,6 @@
-"""The benchmark CLI on tiny models (CPU): records, table, exit codes, rows printed as they
-are measured, the CPU estimate. No timing is asserted."""
+"""``ovseg-bench`` on tiny models (CPU): the subcommand tree, records, tables, exit codes,
+rows printed as they are measured, the CPU estimate; the components, cameras and points
+subcommands. No timing is asserted (``test_node_bench.py``: the node subcommand)."""
 
 import json
 import subprocess
@@ -9,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ovseg_ros.bench import cli, estimate, scene
 from ovseg_ros.segmentation.methods import METHODS
-from ovseg_ros.tools import bench, bench_estimate, bench_measure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,10 +34,10 @@ def test_quick_tiny_run_records_every_combination(tmp_path, capsys):
     argv = ["--preset", "tiny", "--quick", "--devices", "cpu", "--methods", "pearl", "lposs_plus"]
     # LPOSS+ refines at 448x597 whatever the frame size: 2 frames keep this test short.
     argv += ["--warmup", "0", "--repeat", "2"]
-    assert bench.main([*argv, "--json", str(path)]) == 0
+    assert cli.main([*argv, "--json", str(path)]) == 0  # no subcommand: engine
 
     document = json.loads(path.read_text())
-    assert document["meta"]["mode"] == "pipeline"
+    assert document["meta"]["mode"] == "engine"
     records = document["records"]
     keys = [(r["method"], r["device"], r["dtype"], r["size"], r["classes"]) for r in records]
     assert keys == [
@@ -62,7 +63,7 @@ def test_full_preset_without_weights_exits_2_with_hint(tmp_path, monkeypatch, ca
     # huggingface_hub reads HF_HUB_CACHE at import time, so the cache is also passed explicitly.
     monkeypatch.setenv("HF_HUB_CACHE", str(empty))
     argv = ["--preset", "full", "--quick", "--devices", "cpu", "--methods", "pearl", "lposs"]
-    assert bench.main([*argv, "--weights-cache-dir", str(empty)]) == 2
+    assert cli.main(["engine", *argv, "--weights-cache-dir", str(empty)]) == 2
 
     err = capsys.readouterr().err
     assert "weights are not on this machine" in err
@@ -73,8 +74,8 @@ def test_full_preset_without_weights_exits_2_with_hint(tmp_path, monkeypatch, ca
 
 
 def test_components_json_on_stdout(capsys):
-    argv = ["--components", "--devices", "cpu", "--classes", "3", "--warmup", "0", "--repeat", "1"]
-    assert bench.main([*argv, "--json", "-"]) == 0
+    argv = ["components", "--devices", "cpu", "--classes", "3", "--warmup", "0", "--repeat", "1"]
+    assert cli.main([*argv, "--json", "-"]) == 0
 
     captured = capsys.readouterr()
     records = json.loads(captured.out)["records"]  # stdout holds only the JSON
@@ -93,22 +94,33 @@ def test_components_json_on_stdout(capsys):
 
 
 def test_synthetic_inputs_are_deterministic_and_distinct():
-    names = bench_measure.synthetic_vocabulary(150)
+    names = scene.synthetic_vocabulary(150)
     assert len(names) == 150 and len({n.casefold() for n in names}) == 150
     assert names[:2] == ["person", "bicycle"] and names[-1] == "object 149"
-    assert len(set(bench_measure.OBJECT_NAMES)) == len(bench_measure.OBJECT_NAMES)
+    assert len(set(scene.OBJECT_NAMES)) == len(scene.OBJECT_NAMES)
 
-    image = bench_measure.synthetic_image(64, 48)
+    image = scene.synthetic_image(64, 48)
     assert image.shape == (48, 64, 3) and image.dtype == np.uint8
-    assert np.array_equal(image, bench_measure.synthetic_image(64, 48))
+    assert np.array_equal(image, scene.synthetic_image(64, 48))
     assert image.std() > 10  # regions of different colours, not a flat frame
+    assert not np.array_equal(image, scene.synthetic_image(64, 48, seed=1))  # one per camera
 
 
 def test_bad_usage_exits_2(capsys):
-    assert bench.main(["--devices", "meta", "--preset", "tiny"]) == 2
+    assert cli.main(["--devices", "meta", "--preset", "tiny"]) == 2
     assert "unsupported device 'meta'" in capsys.readouterr().err
-    assert bench.main(["--devices", "gpu0", "--preset", "tiny"]) == 2
+    assert cli.main(["engine", "--devices", "gpu0", "--preset", "tiny"]) == 2
     assert "invalid device 'gpu0'" in capsys.readouterr().err
+    assert cli.main(["--node", "--preset", "tiny"]) == 2  # modes are subcommands now
+    assert "unrecognized arguments: --node" in capsys.readouterr().err
+
+
+def test_help_lists_the_subcommands(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "{engine,components,cameras,points,node}" in out
+    for name in cli.SUBCOMMANDS:
+        assert f"\n    {name} " in out, name
 
 
 def test_params_file_gives_the_method_and_settings(tmp_path):
@@ -119,12 +131,11 @@ def test_params_file_gives_the_method_and_settings(tmp_path):
     )
     path = tmp_path / "b.json"
     argv = ["--params", str(params), "--quick", "--devices", "cpu", "--warmup", "0"]
-    assert bench.main([*argv, "--repeat", "1", "--json", str(path)]) == 0
+    assert cli.main([*argv, "--repeat", "1", "--json", str(path)]) == 0
     (record,) = json.loads(path.read_text())["records"]
     assert (record["method"], record["size"]) == ("maskclip", "640x480")
-    args = bench.build_parser().parse_args(argv)
-    bench._resolve_args(args)
-    config = bench._config(args, "maskclip", "cpu", "fp32")
+    matrix = cli.engine_matrix(cli.build_parser().parse_args(["engine", *argv]))
+    config = matrix.config("maskclip", "cpu", "fp32")
     assert (config.preset, config.window_stride) == ("tiny", 224)
 
 
@@ -133,7 +144,7 @@ def test_rows_stream_as_they_are_measured():
     argv = ["--preset", "tiny", "--devices", "cpu", "--methods", "pearl", "maskclip"]
     argv += ["--sizes", "64x48", "--classes", "3", "--warmup", "0", "--repeat", "1"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "ovseg_ros.tools.bench", *argv],
+        [sys.executable, "-m", "ovseg_ros.bench", *argv],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -162,21 +173,52 @@ def _markers(line: str) -> list[str]:
 
 
 def test_cpu_estimate_of_the_random_preset():
-    args = bench.build_parser().parse_args(["--preset", "random", "--devices", "cpu"])
-    bench._resolve_args(args)
-    frames = args.warmup + args.repeat
-    line = bench_estimate.estimate_line(args.preset, args.methods, args.sizes, args.classes, frames)
+    args = cli.build_parser().parse_args(["engine", "--preset", "random", "--devices", "cpu"])
+    m = cli.engine_matrix(args)
+    frames = m.warmup + m.repeat
+    line = estimate.estimate_line(m.preset, m.methods, m.sizes, m.classes, frames)
     assert line.startswith("random preset on CPU: ~") and "--methods" in line
-    default = bench_estimate.cpu_seconds(args.methods, args.sizes, args.classes, frames)
+    default = estimate.cpu_seconds(m.methods, m.sizes, m.classes, frames)
     # Known answer from the reference costs: every term of the sum by hand for one method.
-    cost = bench_estimate.REFERENCE_CPU["pearl"]
+    cost = estimate.REFERENCE_CPU["pearl"]
     pearl = cost.build_s + 100 * cost.name_s
     for width, height in ((640, 480), (1280, 720)):
         pearl += 3 * 13 * (cost.frame_base_s + cost.frame_s_per_mpx * width * height / 1e6)
-    assert bench_estimate.cpu_seconds(["pearl"], args.sizes, args.classes, 13) == (
-        pytest.approx(pearl)
-    )
-    assert set(bench_estimate.REFERENCE_CPU) == set(METHODS)  # every method has its costs
+    assert estimate.cpu_seconds(["pearl"], m.sizes, m.classes, 13) == pytest.approx(pearl)
+    assert set(estimate.REFERENCE_CPU) == set(METHODS)  # every method has its costs
     # Fewer methods, sizes or classes: shorter; the default matrix takes many minutes.
-    assert bench_estimate.cpu_seconds(["pearl"], [(640, 480)], [20], 4) < pearl < default
+    assert estimate.cpu_seconds(["pearl"], [(640, 480)], [20], 4) < pearl < default
     assert default > 20 * 60
+
+
+def test_cameras_subcommand(tmp_path, capsys) -> None:
+    out = tmp_path / "cameras.json"
+    argv = ["cameras", "1", "2", "--methods", "maskclip", "--preset", "tiny", "--devices"]
+    argv += ["cpu", "--sizes", "64x48", "--repeat", "1", "--json", str(out)]
+    assert cli.main(argv) == 0
+    records = json.loads(out.read_text())["records"]
+    assert [(r["method"], r["device"], r["cameras"], r["size"]) for r in records] == [
+        ("maskclip", "cpu", 1, "64x48"),
+        ("maskclip", "cpu", 2, "64x48"),
+    ]
+    for record in records:
+        assert record["batched_fps"] > 0 and record["one_by_one_fps"] > 0
+        assert record["speedup"] == pytest.approx(
+            record["batched_fps"] / record["one_by_one_fps"], rel=1e-6
+        )
+    table = capsys.readouterr().out
+    assert "| maskclip | cpu | fp32 | 2 | 64x48 |" in table
+    assert cli.main(["cameras", "0"]) == 2
+    assert cli.main(["cameras", "1", "--devices", "tpu"]) == 2
+
+
+def test_points_subcommand(capsys):
+    assert cli.main(["points", "--sizes", "64x48", "--repeat", "2", "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)["records"]
+    assert {(r["device"], r["stride"], r["organized"]) for r in rows} >= {
+        ("cpu", 1, False),
+        ("cpu", 2, True),
+    }
+    assert all(r["ms"] > 0 for r in rows) and "| cpu | 64x48 | 2 | organized |" in captured.err
+    assert cli.main(["points", "--sizes", "0x3"]) == 2

@@ -10,27 +10,25 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import random
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+
+from ovseg_ros.harness.client import NodeClient
+from ovseg_ros.harness.domain import child_env, private_domain_id
+from ovseg_ros.harness.frames import rgb8_message
+from ovseg_ros.harness.process import NodeProcess
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "ovseg_ros"
-DOMAIN_ID = random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
+DOMAIN_ID = private_domain_id()
 # Build outputs and local environments in the repository are not part of the package source.
 NOT_SOURCE = {".venv", ".git", "build", "install", "log", ".pytest_cache", ".ruff_cache", ".whl"}
 
@@ -97,55 +95,40 @@ def test_install_layout(install: Path) -> None:
     assert Path(module).is_relative_to(prefix / "lib"), output
 
 
-def test_installed_node_labels_a_frame_over_dds(install: Path) -> None:
+def test_installed_node_labels_a_frame_over_dds(install: Path, tmp_path: Path) -> None:
     node_name, image_topic = "ovseg_colcon", f"/colcon_camera_{DOMAIN_ID}"
-    process = _sourced(
-        install,
-        f"exec {shlex.quote(str(install / PACKAGE / 'lib' / PACKAGE / 'segment_node'))}"
-        f" --ros-args -r __node:={node_name}"
-        f" -r image:={image_topic} -p preset:=tiny -p device:=cpu -p templates:=single",
+    # The installed executable, started from a shell that sourced the install space.
+    setup = shlex.quote(str(install / "setup.bash"))
+    executable = ["bash", "-c", f'source {setup} && exec "$@"', "bash"]
+    executable.append(str(install / PACKAGE / "lib" / PACKAGE / "segment_node"))
+    node = NodeProcess(
+        child_env(DOMAIN_ID, package_path=False),  # the install space's ovseg_ros, not ours
+        tmp_path / "node.log",
+        {"preset": "tiny", "device": "cpu", "templates": "single"},
+        ["-r", f"__node:={node_name}", "-r", f"image:={image_topic}"],
+        executable=executable,
+        cwd=install.parent,
     )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
-    reader.start()
-
-    context = Context()
-    rclpy.init(context=context, domain_id=DOMAIN_ID)
-    executor = SingleThreadedExecutor(context=context)
-    received: list[Image] = []
+    qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+    client = NodeClient.on_domain(
+        DOMAIN_ID, node_name, image_topic=image_topic, camera_qos=qos, client_name="colcon_camera"
+    )
     try:
-        client = rclpy.create_node("colcon_camera", context=context)
-        executor.add_node(client)
-        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
-        publisher = client.create_publisher(Image, image_topic, qos)
-        client.create_subscription(Image, f"/{node_name}/labels", received.append, qos)
-
-        frame = Image(height=48, width=64, encoding="rgb8", step=64 * 3)
-        frame.header.frame_id = "colcon_camera"
-        frame.header.stamp.sec = 42
         pixels = np.zeros((48, 64, 3), np.uint8)
         pixels[:, 32:] = (40, 40, 200)
-        frame.data = pixels.tobytes()
+        frame = rgb8_message(pixels, 42 * 10**9, frame_id="colcon_camera")
         # Until the node is up and subscribed, frames go nowhere: repeat the frame until labelled.
         deadline = time.monotonic() + 120
-        while not received and process.poll() is None and time.monotonic() < deadline:
-            publisher.publish(frame)
-            executor.spin_once(timeout_sec=0.2)
-        assert received, "no labels from the installed node:\n" + "".join(lines)
-        labels = received[0]
+        while not client.labels() and node.alive() and time.monotonic() < deadline:
+            client.image_pub.publish(frame)
+            time.sleep(0.2)
+        assert client.labels(), "no labels from the installed node:\n" + node.log()
+        labels = client.labels()[0]
         assert (labels.height, labels.width, labels.encoding) == (48, 64, "mono8")
         assert (labels.header.stamp.sec, labels.header.frame_id) == (42, "colcon_camera")
         assert len(labels.data) == 48 * labels.step
     finally:
-        executor.shutdown()
-        rclpy.shutdown(context=context)
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        finally:
-            if process.poll() is None:
-                process.kill()
-        reader.join(5)
-    assert process.returncode == 0, "".join(lines)
-    assert "Traceback" not in "".join(lines)
+        client.close()
+        code = node.stop()
+    assert code == 0, node.log()
+    assert "Traceback" not in node.log()

@@ -184,7 +184,7 @@ def test_every_method_end_to_end_on_cuda_matches_cpu(method):
 @pytest.fixture(scope="module")
 def fp32_random():
     """fp32 results of the real architectures (random weights) on a 640x480 frame."""
-    from ovseg_ros.tools.bench import synthetic_image, synthetic_vocabulary
+    from ovseg_ros.bench.scene import synthetic_image, synthetic_vocabulary
 
     frame = synthetic_image(640, 480)
     cache: dict[str, object] = {}
@@ -287,7 +287,7 @@ def test_acceleration_gives_the_eager_labels_on_cuda(option, method):
 @pytest.mark.parametrize("method", ["pearl", "lposs"])
 def test_acceleration_timing_random_preset(method):
     """Eager, compiled and graph-replayed backbone at 640x480 (printed; no timing asserted)."""
-    from ovseg_ros.tools.bench import synthetic_image, synthetic_vocabulary
+    from ovseg_ros.bench.scene import synthetic_image, synthetic_vocabulary
 
     frame = synthetic_image(640, 480)
     times = {}
@@ -301,7 +301,7 @@ def test_acceleration_timing_random_preset(method):
         seg.set_vocabulary(synthetic_vocabulary(20))
         seg.segment(frame)
         seg.segment(frame)
-        runs = [seg.segment(frame).timings for _ in range(5)]
+        runs = [seg.segment(frame, timed=True).timings for _ in range(5)]
         assert seg._clip_call.mode == name, seg._clip_call.fallback_reason
         times[name] = float(np.median([1000.0 * r["backbone"] for r in runs]))
         times[f"{name}_total"] = float(np.median([1000.0 * r["total"] for r in runs]))

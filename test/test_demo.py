@@ -4,44 +4,32 @@ module's domain, fed by a camera, while the demo runs beside it (default: a priv
 
 from __future__ import annotations
 
-import json
-import os
-import random
 import re
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
-from rcl_interfaces.srv import GetParameters
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
-from std_msgs.msg import String
 
+from ovseg_ros.harness.client import NodeClient
+from ovseg_ros.harness.domain import child_env, local_discovery_env, private_domain_id
+from ovseg_ros.harness.frames import rgb8_message
+from ovseg_ros.harness.process import NodeProcess, wait_for
 from ovseg_ros.tools import demo
 
 REPO = Path(__file__).resolve().parents[1]
-DOMAIN_ID = random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
+DOMAIN_ID = private_domain_id()
 LIVE_CLASSES = ["alpha thing", "beta thing"]
-RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-LATCHED = QoSProfile(
-    depth=5, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-)
 DEMO_ARGS = ["--preset", "tiny", "--device", "cpu", "--frames", "6", "--rate", "3"]
 
 pytestmark = pytest.mark.timeout(420)
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    env["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
-    env["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"
+    """A user's shell on the robot's domain (no discovery settings of its own)."""
+    env = child_env(DOMAIN_ID, local=False)
     env.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
     env.pop("ROS_LOCALHOST_ONLY", None)
     return env
@@ -50,33 +38,11 @@ def _env() -> dict[str, str]:
 class LiveRobot:
     """The robot's own /ovseg node (a subprocess) and a camera + planner feeding / reading it."""
 
-    def __init__(self) -> None:
-        args = ["-p", "preset:=tiny", "-p", "device:=cpu", "-p", "templates:=single"]
-        args += ["-p", f"classes:={LIVE_CLASSES!r}"]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ovseg_ros.ros.main", "--ros-args", *args],
-            cwd=REPO,
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.log: list[str] = []
-        threading.Thread(target=lambda: self.log.extend(self.process.stdout), daemon=True).start()
-        self.context = Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.node = rclpy.create_node("robot_planner", context=self.context)
-        self.labels: list[Image] = []
-        self.vocabularies: list[str] = []
-        self.node.create_subscription(Image, "/ovseg/labels", self.labels.append, RELIABLE)
-        self.node.create_subscription(
-            String, "/ovseg/vocabulary", lambda m: self.vocabularies.append(m.data), LATCHED
-        )
-        self.camera = self.node.create_publisher(Image, "/image", RELIABLE)
-        self.get_params = self.node.create_client(GetParameters, "/ovseg/get_parameters")
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        threading.Thread(target=self.executor.spin, daemon=True).start()
+    def __init__(self, log_path: Path) -> None:
+        params = {"preset": "tiny", "device": "cpu", "templates": "single"}
+        self.process = NodeProcess(_env(), log_path, {**params, "classes": LIVE_CLASSES})
+        self.client = NodeClient.on_domain(DOMAIN_ID, client_name="robot_planner")
+        self.labels, self.vocabularies = self.client.labels, self.client.vocabularies
         self.stop = threading.Event()
         self.sent = 0
         self.feeder = threading.Thread(target=self._feed, daemon=True)
@@ -85,41 +51,26 @@ class LiveRobot:
     def _feed(self) -> None:
         pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
         while not self.stop.wait(0.25):
-            msg = Image(height=48, width=64, encoding="rgb8", step=64 * 3, data=pixels.tobytes())
-            msg.header.stamp.sec = 1000 + self.sent  # far from any demo stamp (wall clock)
-            self.camera.publish(msg)
+            # Far from any demo stamp (the wall clock).
+            self.client.image_pub.publish(rgb8_message(pixels, (1000 + self.sent) * 10**9))
             self.sent += 1
 
     def classes(self) -> list[str]:
-        assert self.get_params.wait_for_service(timeout_sec=10.0)
-        future = self.get_params.call_async(GetParameters.Request(names=["classes"]))
-        deadline = time.monotonic() + 10.0
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return list(future.result().values[0].string_array_value)
+        (classes,) = self.client.get_parameters("classes")
+        return list(classes)
 
     def close(self) -> None:
         self.stop.set()
         self.feeder.join(2.0)
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        self.process.stop()
+        self.client.close()
 
 
 @pytest.fixture(scope="module")
-def robot():
-    live = LiveRobot()
+def robot(tmp_path_factory):
+    live = LiveRobot(tmp_path_factory.mktemp("robot") / "node.log")
     try:
-        deadline = time.monotonic() + 180.0
-        while not live.labels and time.monotonic() < deadline:
-            assert live.process.poll() is None, "".join(live.log)
-            time.sleep(0.2)
-        assert live.labels, "the live node never labelled a frame:\n" + "".join(live.log)
+        wait_for(lambda: bool(live.labels()), 180.0, "the live node's labels", live.process)
         yield live
     finally:
         live.close()
@@ -156,14 +107,14 @@ def _check_demo_output(done: subprocess.CompletedProcess, domain: int) -> None:
 
 def _assert_untouched(robot: LiveRobot, labels_before: int) -> None:
     assert robot.classes() == LIVE_CLASSES
-    assert robot.process.poll() is None
-    assert robot.vocabularies and {json.loads(v)["version"] for v in robot.vocabularies} == {1}
-    assert all(m.header.stamp.sec >= 1000 and m.header.stamp.sec < 10**6 for m in robot.labels)
-    assert len(robot.labels) > labels_before  # it kept labelling its own camera meanwhile
+    assert robot.process.alive()
+    assert robot.vocabularies() and {v["version"] for v in robot.vocabularies()} == {1}
+    assert all(m.header.stamp.sec >= 1000 and m.header.stamp.sec < 10**6 for m in robot.labels())
+    assert len(robot.labels()) > labels_before  # it kept labelling its own camera meanwhile
 
 
 def test_demo_on_its_private_domain_by_default(robot: LiveRobot) -> None:
-    before = len(robot.labels)
+    before = len(robot.labels())
     done = _run_demo(*DEMO_ARGS)
     domain = int(re.search(r"\[demo\] ROS domain (\d+) ", done.stdout).group(1))
     assert domain != DOMAIN_ID  # ROS_DOMAIN_ID is the robot's: never picked
@@ -175,7 +126,7 @@ def test_demo_on_its_private_domain_by_default(robot: LiveRobot) -> None:
 
 
 def test_demo_on_the_robots_domain_is_separated_by_its_namespace(robot: LiveRobot) -> None:
-    before = len(robot.labels)
+    before = len(robot.labels())
     done = _run_demo(*DEMO_ARGS, "--domain-id", str(DOMAIN_ID))
     _check_demo_output(done, DOMAIN_ID)
     _assert_untouched(robot, before)
@@ -203,8 +154,8 @@ def test_domain_choice() -> None:
         parser.parse_args(["--domain-id", "233"])
     with pytest.raises(SystemExit):
         parser.parse_args(["--domain-id", "3", "--use-env-domain"])
-    assert demo.local_discovery_env("jazzy") == ("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    assert demo.local_discovery_env("humble") == ("ROS_LOCALHOST_ONLY", "1")
+    assert local_discovery_env("jazzy") == ("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    assert local_discovery_env("humble") == ("ROS_LOCALHOST_ONLY", "1")
 
 
 def test_bad_namespace_is_a_usage_error(capsys) -> None:

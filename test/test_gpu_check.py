@@ -1,18 +1,25 @@
-"""The GPU check kit (scripts/gpu_check.sh, tools/gpu_check.py): its CPU mode end to end,
-its refusal without a GPU, and the report it assembles from known step results."""
+"""The GPU check kit (scripts/gpu_check.sh, scripts/gpu_check/): its plans, its refusal
+without a GPU, how it judges the steps' results (tests all skipped on a CPU, a benchmark's
+table and records) and the report it assembles from them. The benchmarks it runs have their
+own tests (test_bench.py, test_node_bench.py); the CUDA tests run on a GPU."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
-from ovseg_ros.tools.gpu_check import make_plan
-from ovseg_ros.tools.gpu_report import (
+REPO = Path(__file__).resolve().parents[1]
+KIT = REPO / "scripts" / "gpu_check"
+sys.path.insert(0, str(KIT))
+
+from check import bench_step, judge_tests, make_plan  # noqa: E402
+from report import (  # noqa: E402
     StepResult,
     build_report,
     parse_junit,
@@ -20,7 +27,6 @@ from ovseg_ros.tools.gpu_report import (
     write_report,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 ENV = {"python": "3.11", "torch": "2.x", "cuda_build": "12.8", "cpu_count": 2, "gpu": "H100"}
 
 
@@ -79,7 +85,7 @@ def test_report_checks_targets_and_lists_failures(tmp_path):
             "cuda tests", "failed", 100.0, ["python", "-m", "pytest"], "1 failed", [], tests
         ),
         StepResult("engine benchmark", "passed", 50.0, ["ovseg-bench"], data=engine),
-        StepResult("node benchmark", "passed", 40.0, ["ovseg-bench", "--node"], data=node),
+        StepResult("node benchmark", "passed", 40.0, ["ovseg-bench", "node"], data=node),
     ]
     plan = {"device": "cuda", "notes": []}
     report = build_report(plan, steps, ENV, 200.0, 30.0)
@@ -115,7 +121,7 @@ def test_plans_fit_their_budgets():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
 def test_cuda_mode_without_a_gpu_fails_clearly(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "ovseg_ros.tools.gpu_check", "--out", str(tmp_path)],
+        [sys.executable, str(KIT / "check.py"), "--out", str(tmp_path)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -127,30 +133,46 @@ def test_cuda_mode_without_a_gpu_fails_clearly(tmp_path):
     assert "torch sees no CUDA device" in (tmp_path / "gpu_check_report.md").read_text()
 
 
-def test_cpu_mode_runs_the_kit_end_to_end(tmp_path):
-    """The quick CPU mode: tests collected and skipped, a tiny benchmark, the report."""
-    done = subprocess.run(
-        [sys.executable, "-m", "ovseg_ros.tools.gpu_check", "--device", "cpu", "--quick"]
-        + ["--methods", "pearl", "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+def test_cpu_mode_steps_and_report(tmp_path):
+    """What the quick CPU mode reports: CUDA tests collected and skipped, the engine
+    benchmark's records and table, the CPU notes (from stand-in step outputs)."""
+    plan = make_plan("cpu", ("pearl",), True)
+    junit = tmp_path / "cuda_tests.xml"
+    cases = "".join(
+        f'<testcase classname="test_cuda" name="t{i}"><skipped message="needs an NVIDIA GPU"/>'
+        "</testcase>"
+        for i in range(25)
     )
-    report = json.loads((tmp_path / "gpu_check_report.json").read_text())
-    steps = {s["name"]: s for s in report["steps"]}
-    # The node benchmark has its own tests (test_node_bench.py); here only that it ran.
-    assert report["failed_steps"] in ([], ["node benchmark"]), done.stderr[-2000:]
-    assert done.returncode == (1 if report["failed_steps"] else 0)
-    tests = steps["cuda tests"]
-    assert tests["status"] == "skipped" and "NVIDIA GPU" in tests["reason"]
-    assert tests["data"]["tests"] > 20 and tests["data"]["skipped"] == tests["data"]["tests"]
-    engine = steps["engine benchmark"]
-    assert engine["status"] == "passed"
-    assert [(r["method"], r["device"], r["dtype"]) for r in engine["data"]["records"]] == [
+    junit.write_text(f'<testsuite tests="25" skipped="25">{cases}</testsuite>')
+    tests = judge_tests(StepResult("cuda tests", "passed"), 0, junit, tmp_path / "none", 120.0)
+    assert tests.status == "skipped" and "NVIDIA GPU" in tests.reason
+    assert tests.data["tests"] > 20 and tests.data["skipped"] == tests.data["tests"]
+    timed_out = judge_tests(
+        StepResult("cuda tests", "passed"), None, junit, tmp_path / "none", 120.0
+    )
+    assert timed_out.status == "timed_out"
+
+    # A stand-in benchmark: prints its table, writes its JSON, exits 0.
+    path = tmp_path / "bench_engine.json"
+    record = {"method": "pearl", "device": "cpu", "dtype": "fp32", "size": "160x120"}
+    stand_in = (
+        "import json, sys; print('| method | device | dtype |\\n|---|---|---|\\n"
+        "| pearl | cpu | fp32 |'); "
+        f"json.dump({{'records': [{record!r}]}}, open(sys.argv[1], 'w'))"
+    )
+    command = [sys.executable, "-c", stand_in, str(path)]
+    engine = bench_step("engine benchmark", command, tmp_path, "bench_engine", path, 60.0)
+    assert engine.status == "passed"
+    assert [(r["method"], r["device"], r["dtype"]) for r in engine.data["records"]] == [
         ("pearl", "cpu", "fp32")
     ]
-    node = steps["node benchmark"]
-    assert node["status"] == "missing" or node["command"][3:5] == ["--node", "--preset"]
-    md = (tmp_path / "gpu_check_report.md").read_text()
+    failing = bench_step(
+        "node benchmark", [sys.executable, "-c", "raise SystemExit(1)"], tmp_path, "n", path, 60
+    )
+    assert failing.status == "failed" and failing.reason.startswith("exit 1")
+
+    steps = [StepResult("environment", "passed"), tests, engine]
+    report = build_report(asdict(plan), steps, ENV, 10.0, 0.0)
+    assert report["failed_steps"] == [] and report["targets"] == []
+    md = report_markdown(report)
     assert "fp16 is benchmarked on CUDA only" in md and "| pearl | cpu | fp32 |" in md

@@ -404,4 +404,3 @@ def test_vocabulary_change_reaches_every_camera_in_one_version(cams, ovseg, refe
     # Restore the default vocabulary for later tests.
     (result,) = cams.set_parameters(Parameter("classes", value=DEFAULT_CLASSES))
     assert result.successful
-

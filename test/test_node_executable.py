@@ -1,38 +1,26 @@
 """The segment_node executable and its launch file: exit codes, messages, signals.
 
 Each test starts ``python -m ovseg_ros.ros.main`` as a subprocess (tiny random models on the
-CPU) on a private DDS domain.
+CPU) on a private DDS domain, through the harness (:mod:`ovseg_ros.harness`).
 """
 
 from __future__ import annotations
 
-import os
 import py_compile
-import random
 import signal
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from ovseg_ros.harness.domain import child_env, private_domain_id
+from ovseg_ros.harness.process import NodeProcess, wait_until
+
 REPO = Path(__file__).resolve().parents[1]
-DOMAIN_ID = random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
+DOMAIN_ID = private_domain_id()
 TINY = {"preset": "tiny", "device": "cpu", "templates": "single"}
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 # -- launch ----------------------------------------------------------------------------------------
@@ -65,82 +53,64 @@ def test_launch_description() -> None:
 # -- the executable ------------------------------------------------------------------------------
 
 
-def _spawn(*ros_args: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    env["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
-    env["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"
-    command = [sys.executable, "-m", "ovseg_ros.ros.main", "--ros-args", *ros_args]
-    return subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+def _spawn(tmp_path: Path, params: dict, *ros_args: str) -> NodeProcess:
+    return NodeProcess(child_env(DOMAIN_ID), tmp_path / "node.log", params, ros_args)
 
 
-def test_unknown_image_transport_is_refused_at_configure() -> None:
-    process = _spawn(
-        "-r", "__node:=ovseg_transport", "-p", "image_transport:=theora",
-        *[arg for k, v in TINY.items() for arg in ("-p", f"{k}:={v}")],
-    )  # fmt: skip
-    output, _ = process.communicate(timeout=90)
-    assert process.returncode == 1, output
+def _finish(node: NodeProcess, timeout: float = 90) -> tuple[int, str]:
+    """The exit status and the whole output of a node that exits by itself."""
+    try:
+        code = node.wait(timeout)
+    finally:
+        node.stop()
+    return code, node.log()
+
+
+def test_unknown_image_transport_is_refused_at_configure(tmp_path) -> None:
+    node = _spawn(tmp_path, {**TINY, "image_transport": "theora"}, "-r", "__node:=ovseg_transport")
+    code, output = _finish(node)
+    assert code == 1, output
     assert "image_transport must be one of ['raw', 'compressed']" in output
     assert "Traceback" not in output, output
 
 
-def test_missing_weights_exit_with_a_clear_message() -> None:
-    process = _spawn(
-        "-r", "__node:=ovseg_missing", "-p", "preset:=full", "-p", "device:=cpu",
-        "-p", "clip_weights:=/nonexistent/clip.safetensors",
-    )  # fmt: skip
-    output, _ = process.communicate(timeout=90)
-    assert process.returncode == 1, output
+def test_missing_weights_exit_with_a_clear_message(tmp_path) -> None:
+    params = {"preset": "full", "device": "cpu", "clip_weights": "/nonexistent/clip.safetensors"}
+    code, output = _finish(_spawn(tmp_path, params, "-r", "__node:=ovseg_missing"))
+    assert code == 1, output
     assert "clip_weights='/nonexistent/clip.safetensors' does not exist" in output
     assert "configuration failed" in output
     assert "Traceback" not in output, output
 
 
-def test_second_ctrl_c_during_shutdown_prints_no_traceback() -> None:
+def test_second_ctrl_c_during_shutdown_prints_no_traceback(tmp_path) -> None:
     """Under ros2 launch, Ctrl-C reaches the node twice (terminal and launch)."""
-    process = _spawn(
-        "-r", "__node:=ovseg_double", "-r", "image:=/signal_double",
-        *[arg for k, v in TINY.items() for arg in ("-p", f"{k}:={v}")],
-    )  # fmt: skip
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
-    reader.start()
+    node = _spawn(tmp_path, TINY, "-r", "__node:=ovseg_double", "-r", "image:=/signal_double")
     try:
-        assert wait_until(lambda: any("active: segmenting" in line for line in lines), 90), lines
-        process.send_signal(signal.SIGINT)
+        assert wait_until(lambda: "active: segmenting" in node.log(), 90), node.log()
+        node.send_signal(signal.SIGINT)
         deadline = time.monotonic() + 15
-        while process.poll() is None and time.monotonic() < deadline:
-            process.send_signal(signal.SIGINT)  # again and again while it shuts down
+        while node.alive() and time.monotonic() < deadline:
+            node.send_signal(signal.SIGINT)  # again and again while it shuts down
             time.sleep(0.01)
-        process.wait(timeout=15)
+        code = node.wait(timeout=15)
     finally:
-        if process.poll() is None:
-            process.kill()
-    reader.join(5)
-    output = "".join(lines)
-    assert process.returncode == 0, output
+        node.stop()
+    output = node.log()
+    assert code == 0, output
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
     assert "shutting down" in output
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signals_stop_the_node_cleanly(sig: signal.Signals) -> None:
-    process = _spawn(
-        "-r", f"__node:=ovseg_{sig.name.lower()}", "-r", f"image:=/signal_{sig.name.lower()}",
-        *[arg for k, v in TINY.items() for arg in ("-p", f"{k}:={v}")],
-    )  # fmt: skip
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
-    reader.start()
+def test_signals_stop_the_node_cleanly(tmp_path, sig: signal.Signals) -> None:
+    name = sig.name.lower()
+    node = _spawn(tmp_path, TINY, "-r", f"__node:=ovseg_{name}", "-r", f"image:=/signal_{name}")
     try:
-        assert wait_until(lambda: any("active: segmenting" in line for line in lines), 90), lines
-        process.send_signal(sig)
-        process.wait(timeout=15)
+        assert wait_until(lambda: "active: segmenting" in node.log(), 90), node.log()
+        node.send_signal(sig)
+        code = node.wait(timeout=15)
     finally:
-        if process.poll() is None:
-            process.kill()
-    reader.join(5)
-    assert process.returncode == 0, "".join(lines)
-    assert "Traceback" not in "".join(lines)
+        node.stop()
+    assert code == 0, node.log()
+    assert "Traceback" not in node.log()

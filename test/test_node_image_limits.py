@@ -6,34 +6,25 @@ The node runs as a subprocess (tiny random models, CPU) so its resident set is i
 from __future__ import annotations
 
 import io
-import os
-import random
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 from PIL import Image as PILImage
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from test_image_limits import bilevel_png
 
-REPO = Path(__file__).resolve().parents[1]
-DOMAIN_ID = random.Random(os.getpid() ^ time.time_ns()).randint(1, 200)
+from ovseg_ros.harness.client import NodeClient
+from ovseg_ros.harness.domain import child_env, private_domain_id
+from ovseg_ros.harness.process import NodeProcess
+
+DOMAIN_ID = private_domain_id()
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+TINY = {"preset": "tiny", "device": "cpu", "templates": "single"}
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _status_kib(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
 
 
 def _jpeg(sec: int) -> CompressedImage:
@@ -45,77 +36,45 @@ def _jpeg(sec: int) -> CompressedImage:
     return msg
 
 
-def _start_node(*args: str) -> tuple[subprocess.Popen, list[str]]:
-    """The node as a subprocess (tiny models, CPU) with ``args``; its log lines as they come."""
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    env.update(ROS_DOMAIN_ID=str(DOMAIN_ID), RCUTILS_LOGGING_BUFFERED_STREAM="0")
-    tiny = ["-p", "preset:=tiny", "-p", "device:=cpu", "-p", "templates:=single"]
-    node = subprocess.Popen(
-        [sys.executable, "-m", "ovseg_ros.ros.main", "--ros-args", *tiny, *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    log: list[str] = []
-    threading.Thread(target=lambda: log.extend(node.stdout), daemon=True).start()
-    return node, log
+def _start_node(tmp_path: Path, params: dict, *ros_args: str) -> NodeProcess:
+    """The node as a subprocess (tiny models, CPU) with ``params`` and ``ros_args``."""
+    return NodeProcess(child_env(DOMAIN_ID), tmp_path / "node.log", {**TINY, **params}, ros_args)
 
 
-def _stop_node(node: subprocess.Popen) -> None:
-    node.terminate()
+def _labelled(client: NodeClient, node: NodeProcess, camera, msg, sec: int, timeout: float) -> bool:
+    """Publish ``msg`` every 0.5 s until labels stamped ``sec`` arrive; whether they did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.labels_at(sec):
+            return True
+        assert node.alive(), node.log()
+        camera.publish(msg)
+        time.sleep(0.5)
+    return False
+
+
+def test_png_bomb_is_refused_by_the_node_with_flat_memory(tmp_path) -> None:
+    node = _start_node(tmp_path, {"image_transport": "compressed"}, "-r", "image:=/bomb_cam/image")
+    client = NodeClient.on_domain(DOMAIN_ID, image_topic=None, client_name="bomb_sender")
+    camera = client.node.create_publisher(CompressedImage, "/bomb_cam/image/compressed", RELIABLE)
     try:
-        node.wait(30)
-    except subprocess.TimeoutExpired:
-        node.kill()
-
-
-def test_png_bomb_is_refused_by_the_node_with_flat_memory() -> None:
-    node, log = _start_node(
-        "-p", "image_transport:=compressed", "-r", "image:=/bomb_cam/image"
-    )  # fmt: skip
-    context = Context()
-    rclpy.init(context=context, domain_id=DOMAIN_ID)
-    tester = rclpy.create_node("bomb_sender", context=context)
-    labels: list[Image] = []
-    tester.create_subscription(Image, "/ovseg/labels", labels.append, RELIABLE)
-    camera = tester.create_publisher(CompressedImage, "/bomb_cam/image/compressed", RELIABLE)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(tester)
-    threading.Thread(target=executor.spin, daemon=True).start()
-
-    def labelled(sec: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(m.header.stamp.sec == sec for m in labels):
-                return True
-            assert node.poll() is None, "".join(log)
-            camera.publish(_jpeg(sec))
-            time.sleep(0.5)
-        return False
-
-    try:
-        assert labelled(1, 180.0), "the node never labelled a frame:\n" + "".join(log)
-        with open(f"/proc/{node.pid}/clear_refs", "w", encoding="ascii") as refs:
-            refs.write("5")  # the node's high-water mark restarts from its resident set now
-        baseline = _status_kib(node.pid, "VmRSS")
+        labelled = _labelled(client, node, camera, _jpeg(1), 1, 180.0)
+        assert labelled, "the node never labelled a frame:\n" + node.log()
+        baseline = node.reset_peak_rss()  # the peak restarts from the resident set now
         bomb = CompressedImage(format="png", data=bilevel_png(16000, 16000))
         assert len(bomb.data) < 100_000
         deadline = time.monotonic() + 60.0
-        while not any("[limit]" in line for line in log) and time.monotonic() < deadline:
+        while "[limit]" not in node.log() and time.monotonic() < deadline:
             camera.publish(bomb)
             time.sleep(0.5)
-        warning = [line for line in log if "[limit]" in line]
-        assert warning and "16000x16000" in warning[0], "".join(log)
-        growth_mib = (_status_kib(node.pid, "VmHWM") - baseline) / 1024
+        warning = [line for line in node.log().splitlines() if "[limit]" in line]
+        assert warning and "16000x16000" in warning[0], node.log()
+        growth_mib = node.peak_rss_mib() - baseline
         assert growth_mib < 200, growth_mib  # decoding alone would take 732 MiB
-        assert labelled(2, 60.0), "".join(log)  # and it goes on labelling
+        assert _labelled(client, node, camera, _jpeg(2), 2, 60.0), node.log()  # it goes on
     finally:
-        executor.shutdown(timeout_sec=2.0)
-        tester.destroy_node()
-        rclpy.try_shutdown(context=context)
-        _stop_node(node)
+        client.close()
+        node.stop()
 
 
 def _raw(sec: int, size: int) -> Image:
@@ -125,42 +84,26 @@ def _raw(sec: int, size: int) -> Image:
     return msg
 
 
-def test_max_image_pixels_refuses_a_larger_raw_frame() -> None:
+def test_max_image_pixels_refuses_a_larger_raw_frame(tmp_path) -> None:
     """max_image_pixels 64x64: a 100x100 raw frame gets a [limit] warning and no labels; the
     32x32 frames after it are labelled."""
-    node, log = _start_node(
-        "-p", f"max_image_pixels:={64 * 64}", "-r", "image:=/small_cam/image",
+    node = _start_node(
+        tmp_path, {"max_image_pixels": 64 * 64}, "-r", "image:=/small_cam/image",
         "-r", "__node:=ovseg_small",
     )  # fmt: skip
-    context = Context()
-    rclpy.init(context=context, domain_id=DOMAIN_ID)
-    tester = rclpy.create_node("small_sender", context=context)
-    labels: list[Image] = []
-    tester.create_subscription(Image, "/ovseg_small/labels", labels.append, RELIABLE)
-    camera = tester.create_publisher(Image, "/small_cam/image", RELIABLE)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(tester)
-    threading.Thread(target=executor.spin, daemon=True).start()
-
-    def labelled(sec: int, size: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(m.header.stamp.sec == sec for m in labels):
-                return True
-            assert node.poll() is None, "".join(log)
-            camera.publish(_raw(sec, size))
-            time.sleep(0.5)
-        return False
-
+    client = NodeClient.on_domain(
+        DOMAIN_ID, "ovseg_small", image_topic="/small_cam/image", camera_qos=RELIABLE,
+        client_name="small_sender",
+    )  # fmt: skip
+    camera = client.image_pub
     try:
-        assert labelled(1, 32, 180.0), "the node never labelled a frame:\n" + "".join(log)
-        assert not labelled(2, 100, 10.0), "a 100x100 frame was labelled"
-        warning = [line for line in log if "[limit]" in line]
-        assert warning and "100x100" in warning[0] and str(64 * 64) in warning[0], "".join(log)
-        assert labelled(3, 32, 60.0), "".join(log)  # and it goes on labelling
-        assert all(m.width == 32 for m in labels)
+        labelled = _labelled(client, node, camera, _raw(1, 32), 1, 180.0)
+        assert labelled, "the node never labelled a frame:\n" + node.log()
+        assert not _labelled(client, node, camera, _raw(2, 100), 2, 10.0), "100x100 labelled"
+        warning = [line for line in node.log().splitlines() if "[limit]" in line]
+        assert warning and "100x100" in warning[0] and str(64 * 64) in warning[0], node.log()
+        assert _labelled(client, node, camera, _raw(3, 32), 3, 60.0), node.log()  # it goes on
+        assert all(m.width == 32 for m in client.labels())
     finally:
-        executor.shutdown(timeout_sec=2.0)
-        tester.destroy_node()
-        rclpy.try_shutdown(context=context)
-        _stop_node(node)
+        client.close()
+        node.stop()

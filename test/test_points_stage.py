@@ -163,7 +163,6 @@ def test_camera_info_scaled_to_the_labels():
     assert (same.width, same.height, same.k) == (W, H, tuple(float(v) for v in K))
 
 
-
 def test_hostile_inputs_are_refused_before_any_work():
     """A depth image larger than max_pixels (by its declared size), a distortion vector of a
     million entries and degenerate intrinsics: refused and counted; a repeated camera_info is

@@ -432,8 +432,17 @@ def test_valid_from_under_rapid_vocabulary_changes(
         for k in range(8):
             (result,) = tester.set_parameters(Parameter("classes", value=big if k % 2 else small))
             assert result.successful, result.reason
-            time.sleep(0.1 + 0.2 * (k % 3))
-        time.sleep(1.0)
+            # Each change is in use before the next one (whatever the machine's speed): a
+            # label image of its size arrives.
+            encoding = "mono16" if k % 2 else "mono8"
+            seen = len(tester.messages("/ovseg/labels"))
+            assert wait_until(
+                lambda e=encoding, n=seen: any(
+                    m.encoding == e for m in tester.messages("/ovseg/labels")[n:]
+                ),
+                60,
+            )
+            time.sleep(0.1 * (k % 3))
     finally:
         stop.set()
         thread.join(5)

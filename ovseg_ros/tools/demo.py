@@ -1,10 +1,11 @@
 """A self-contained tour of the node over real DDS: camera -> ovseg -> planner.
 
-``ovseg-demo`` (or ``python3 -m ovseg_ros.tools.demo``) starts the segmentation node, a
-camera that publishes frames (a synthetic street-like scene, or ``--image photo.jpg``) and a
-small "planner" that reads ``~/labels`` and ``~/vocabulary`` and, halfway through, changes the
-classes through the standard SetParameters service, as a real planner would. It prints what
-the planner sees.
+``ovseg-demo`` (or ``python3 -m ovseg_ros.tools.demo``) starts the segmentation node (the
+``segment_node`` executable, as its own process), a camera that publishes frames (a synthetic
+street-like scene, or ``--image photo.jpg``) and a small "planner" that reads ``~/labels`` and
+``~/vocabulary`` and, halfway through, changes the classes through the standard
+SetParameters service, as a real planner would. It prints what the planner sees. The node,
+camera and planner are those of the DDS harness (:mod:`ovseg_ros.harness`).
 
 It never touches a live node: everything runs under its own namespace (``/ovseg_demo``: node
 ``/ovseg_demo/ovseg``), on a random private ROS domain id with discovery limited to this
@@ -18,22 +19,36 @@ runs the tiny random models, which exercise the same code but label nothing mean
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import random
 import sys
-import threading
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+from rclpy.exceptions import InvalidNamespaceException
+from rclpy.parameter import Parameter
+from rclpy.validate_namespace import validate_namespace
 
+from ovseg_ros.harness.client import NodeClient
+from ovseg_ros.harness.domain import (
+    MAX_DOMAIN_ID,
+    PRIVATE_DOMAINS,
+    child_env,
+    local_discovery_env,
+    private_domain_id,
+)
+from ovseg_ros.harness.frames import rgb8_message
+from ovseg_ros.harness.process import HarnessError, NodeProcess, wait_for
 from ovseg_ros.segmentation.config import PRESETS
 from ovseg_ros.segmentation.methods import METHODS
+from ovseg_ros.stamps import NS_PER_S, stamp_ns
 from ovseg_ros.tools.cli import EXIT_FAILED, EXIT_USAGE
 
 DEFAULT_NAMESPACE = "/ovseg_demo"
-MAX_DOMAIN_ID = 232  # the highest id Fast DDS / Cyclone DDS map to valid ports
-PRIVATE_DOMAINS = range(1, 201)  # random picks; 0 is every machine's default
+FIRST_CLASSES = ["background; sky; wall; road", "person; pedestrian", "car"]
+SECOND_CLASSES = ["background; sky; road", "wall; building", "person", "door"]
+STARTUP_TIMEOUT_S = 300.0  # the node loads its models (real weights on a CPU take a while)
 
 
 def _scene(height: int = 480, width: int = 640) -> np.ndarray:
@@ -87,8 +102,11 @@ def choose_domain(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, b
     if args.domain_id is not None:
         return args.domain_id, True, "--domain-id"
     taken = {int(current)} if current.isdigit() else set()
-    domain = random.SystemRandom().choice([d for d in PRIVATE_DOMAINS if d not in taken])
-    return domain, True, "a random private domain; --domain-id N to choose one"
+    return (
+        private_domain_id(avoid=taken),
+        True,
+        "a random private domain; --domain-id N to choose one",
+    )
 
 
 def _domain_id(text: str) -> int:
@@ -122,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_domain_id,
         default=None,
         metavar="N",
-        help="ROS domain id (default: a random one in 1..200, not ROS_DOMAIN_ID's); "
+        help=f"ROS domain id (default: a random one in {PRIVATE_DOMAINS.start}.."
+        f"{PRIVATE_DOMAINS.stop - 1}, not ROS_DOMAIN_ID's); "
         "discovery stays on this machine",
     )
     where.add_argument(
@@ -137,9 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from rclpy.exceptions import InvalidNamespaceException
-    from rclpy.validate_namespace import validate_namespace
-
     try:
         validate_namespace(args.namespace)
         domain, localhost, why = choose_domain(args, dict(os.environ))
@@ -147,35 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     local = ""
-    if localhost:  # read by rcl when rclpy initialises
+    if localhost:  # read by rcl when rclpy initialises (the node gets it through child_env)
         name, value = local_discovery_env(os.environ.get("ROS_DISTRO", ""))
         os.environ[name] = value
         local = f" {name}={value}"
     return _run(args, domain, local, why)
 
 
-def local_discovery_env(distro: str) -> tuple[str, str]:
-    """The environment variable that keeps DDS discovery on this machine: Humble's
-    ``ROS_LOCALHOST_ONLY``, deprecated since Iron for ``ROS_AUTOMATIC_DISCOVERY_RANGE``."""
-    if distro.strip().lower() == "humble":
-        return "ROS_LOCALHOST_ONLY", "1"
-    return "ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"
-
-
 def _run(args: argparse.Namespace, domain: int, local: str, why: str) -> int:
     """The demo on ``domain``; ``local``: the discovery setting it runs with ("" if none)."""
-    import rclpy
-    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-    from rcl_interfaces.srv import SetParameters
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.node import Node
-    from rclpy.parameter import Parameter as RclpyParameter
-    from rclpy.qos import QoSDurabilityPolicy, QoSProfile, qos_profile_sensor_data
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import String
-
-    from ovseg_ros.ros.node import SegmentNode
-
     namespace = args.namespace
     prefix = namespace.rstrip("/")
     node_name, camera_topic = f"{prefix}/ovseg", f"{prefix}/image"
@@ -188,123 +184,143 @@ def _run(args: argparse.Namespace, domain: int, local: str, why: str) -> int:
     )
     preset = _choose_preset(args.preset, args.method)
     frame = _load_image(args.image) if args.image else _scene()
-    first = ["background; sky; wall; road", "person; pedestrian", "car"]
-    second = ["background; sky; road", "wall; building", "person", "door"]
-
-    rclpy.init(domain_id=domain)
-    planner = Node("demo_planner", namespace=namespace)
-    if _name_taken(planner, namespace, "ovseg"):
-        print(
-            f"error: a node {node_name} already runs on ROS domain {domain}; the demo never "
-            "shares a node's name: pass another --namespace (or --domain-id)",
-            file=sys.stderr,
-        )
-        planner.destroy_node()
-        rclpy.try_shutdown()
-        return EXIT_USAGE
-    overrides = [
-        RclpyParameter("method", value=args.method),
-        RclpyParameter("preset", value=preset),
-        RclpyParameter("device", value=args.device),
-        RclpyParameter("classes", value=first),
-        RclpyParameter("confidence_classes", value=["person"]),
-    ]
-    seg_node = SegmentNode(namespace=namespace, parameter_overrides=overrides)
-    if getattr(seg_node, "autostart_failed", False):
-        seg_node.destroy_node()
-        planner.destroy_node()
-        rclpy.try_shutdown()
-        return EXIT_FAILED
-    camera_pub = planner.create_publisher(Image, camera_topic, qos_profile_sensor_data)
-    vocab: dict[int, dict] = {}
-    sent: set[tuple[int, int]] = set()
-    seen: list[tuple[float, int, np.ndarray]] = []
-    foreign = [0]  # label images of frames this camera did not send
-    latched = QoSProfile(depth=1, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
-
-    def on_vocabulary(msg: String) -> None:
-        data = json.loads(msg.data)
-        if data["version"] in vocab:
-            return  # published again (latched, or before its first labels)
-        vocab[data["version"]] = data
-        print(f"[planner] vocabulary v{data['version']}: {[c['name'] for c in data['classes']]}")
-
-    def on_labels(msg: Image) -> None:
-        if (msg.header.stamp.sec, msg.header.stamp.nanosec) not in sent:
-            foreign[0] += 1
-            return
-        labels = np.frombuffer(bytes(msg.data), np.uint8 if msg.encoding == "mono8" else np.uint16)
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        seen.append((stamp, max(vocab) if vocab else 0, np.bincount(labels)))
-
-    planner.create_subscription(String, f"{node_name}/vocabulary", on_vocabulary, latched)
-    planner.create_subscription(Image, f"{node_name}/labels", on_labels, 10)
-    client = planner.create_client(SetParameters, f"{node_name}/set_parameters")
-
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(seg_node)
-    executor.add_node(planner)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    code = 0
+    planner = NodeClient.on_domain(
+        domain,
+        node_name,
+        image_topic=camera_topic,  # reliable, as camera drivers publish (the node follows)
+        client_name="demo_planner",
+        namespace=namespace,
+    )
     try:
-        for i in range(args.frames):
-            if foreign[0]:
-                print(
-                    f"error: {node_name}/labels carries labels of frames this camera never sent:"
-                    f" another node has this name on ROS domain {domain}; stopping before it is"
-                    " asked to change its classes (use another --namespace)",
-                    file=sys.stderr,
-                )
-                break
-            msg = Image(height=frame.shape[0], width=frame.shape[1], encoding="rgb8")
-            msg.step = frame.shape[1] * 3
-            msg.data = frame.tobytes()
-            msg.header.frame_id = "camera_color_optical_frame"
-            msg.header.stamp = planner.get_clock().now().to_msg()
-            sent.add((msg.header.stamp.sec, msg.header.stamp.nanosec))
-            camera_pub.publish(msg)
-            if i == args.frames // 2:
-                value = ParameterValue(type=ParameterType.PARAMETER_STRING_ARRAY)
-                value.string_array_value = second
-                request = SetParameters.Request(parameters=[Parameter(name="classes", value=value)])
-                if client.wait_for_service(timeout_sec=5.0):
-                    reply = client.call(request, timeout_sec=30.0)
-                    ok = reply is not None and reply.results[0].successful
-                    print(f"[planner] asked for {second}: {'accepted' if ok else 'refused'}")
-            time.sleep(1.0 / args.rate)
-        deadline = time.time() + 10.0
-        while time.time() < deadline and len(seen) < 2:
-            time.sleep(0.1)
-        for stamp, version, counts in seen[-3:]:
-            names = [c["name"] for c in vocab.get(version, {"classes": []})["classes"]]
-            share = {
-                names[i] if i < len(names) else i: f"{100 * n / counts.sum():.0f}%"
-                for i, n in enumerate(counts)
-                if n
-            }
-            print(f"[planner] frame {stamp:.3f}: vocabulary v{version}, pixels per class {share}")
-        print(
-            f"[demo] camera sent {args.frames} frames, planner got {len(seen)} label images "
-            f"(the node keeps only the newest frame while busy) and {foreign[0]} of other "
-            f"frames, preset={preset}, domain {domain}, node {node_name}",
-            flush=True,
-        )
-        if not seen or foreign[0]:
-            code = EXIT_FAILED
+        if _name_taken(planner, namespace, "ovseg"):
+            print(
+                f"error: a node {node_name} already runs on ROS domain {domain}; the demo never "
+                "shares a node's name: pass another --namespace (or --domain-id)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        params = {
+            "method": args.method,
+            "preset": preset,
+            "device": args.device,
+            "classes": FIRST_CLASSES,
+            "confidence_classes": ["person"],
+        }
+        print(f"[demo] starting the node: {args.method}, preset {preset} ...", flush=True)
+        with tempfile.TemporaryDirectory(prefix="ovseg_demo_") as tmp:
+            env = child_env(domain, local=bool(local))
+            ros_args = ["-r", f"__ns:={namespace}"]
+            with NodeProcess(env, Path(tmp) / "node.log", params, ros_args) as node:
+                try:
+                    wait_for(
+                        lambda: planner.image_pub.get_subscription_count() > 0,
+                        STARTUP_TIMEOUT_S,
+                        "the node to subscribe to the camera",
+                        node,
+                    )
+                except HarnessError as exc:
+                    print(f"error: the node did not start: {exc}", file=sys.stderr)
+                    return EXIT_FAILED
+                return _tour(args, planner, frame, preset, domain)
     except KeyboardInterrupt:
-        pass
+        return EXIT_FAILED
     finally:
-        executor.shutdown(timeout_sec=2.0)
-        seg_node.close() if hasattr(seg_node, "close") else None
-        seg_node.destroy_node()
-        planner.destroy_node()
-        rclpy.try_shutdown()
-    return code
+        planner.close()
+
+
+def _tour(
+    args: argparse.Namespace, planner: NodeClient, frame: np.ndarray, preset: str, domain: int
+) -> int:
+    """Camera frames at ``args.rate``, the classes changed halfway, what the planner saw."""
+    node_name = planner.path
+    sent: set[int] = set()
+    announced: set[int] = set()
+    for i in range(args.frames):
+        _announce(planner, announced)
+        if _foreign(planner, sent):
+            print(
+                f"error: {node_name}/labels carries labels of frames this camera never sent:"
+                f" another node has this name on ROS domain {domain}; stopping before it is"
+                " asked to change its classes (use another --namespace)",
+                file=sys.stderr,
+            )
+            break
+        stamp = time.time_ns()
+        sent.add(stamp)
+        planner.image_pub.publish(rgb8_message(frame, stamp, "camera_color_optical_frame"))
+        if i == args.frames // 2:
+            try:
+                (result,) = planner.set_parameters(Parameter("classes", value=SECOND_CLASSES))
+                verdict = "accepted" if result.successful else "refused"
+            except HarnessError as exc:
+                verdict = f"not answered ({exc})"
+            print(f"[planner] asked for {SECOND_CLASSES}: {verdict}", flush=True)
+        time.sleep(1.0 / args.rate)
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and len(_own(planner, sent)) < 2:
+        time.sleep(0.1)
+    _announce(planner, announced)
+    seen = _own(planner, sent)
+    vocabularies = planner.vocabularies()
+    for msg in seen[-3:]:
+        stamp = stamp_ns(msg.header.stamp)
+        vocabulary = _labelled_with(vocabularies, stamp)
+        names = [c["name"] for c in vocabulary["classes"]] if vocabulary else []
+        labels = np.frombuffer(bytes(msg.data), np.uint8 if msg.encoding == "mono8" else np.uint16)
+        counts = np.bincount(labels)
+        share = {
+            names[k] if k < len(names) else k: f"{100 * n / counts.sum():.0f}%"
+            for k, n in enumerate(counts)
+            if n
+        }
+        version = vocabulary["version"] if vocabulary else "?"
+        print(
+            f"[planner] frame {stamp * 1e-9:.3f}: vocabulary v{version}, pixels per class {share}"
+        )
+    foreign = _foreign(planner, sent)
+    print(
+        f"[demo] camera sent {len(sent)} frames, planner got {len(seen)} label images "
+        f"(the node keeps only the newest frame while busy) and {foreign} of other "
+        f"frames, preset={preset}, domain {domain}, node {node_name}",
+        flush=True,
+    )
+    return EXIT_FAILED if not seen or foreign else 0
+
+
+def _own(planner: NodeClient, sent: set[int]) -> list:
+    """The label images of frames this camera sent, in arrival order."""
+    return [m for m in planner.labels() if stamp_ns(m.header.stamp) in sent]
+
+
+def _foreign(planner: NodeClient, sent: set[int]) -> int:
+    """Label images of frames this camera did not send: another node with the demo's name."""
+    return sum(stamp_ns(m.header.stamp) not in sent for m in planner.labels())
+
+
+def _announce(planner: NodeClient, announced: set[int]) -> None:
+    """Print each vocabulary version the first time it arrives."""
+    for vocabulary in planner.vocabularies():
+        version = vocabulary["version"]
+        if version not in announced:  # published again (latched, or before its labels)
+            announced.add(version)
+            names = [c["name"] for c in vocabulary["classes"]]
+            print(f"[planner] vocabulary v{version}: {names}", flush=True)
+
+
+def _labelled_with(vocabularies: list[dict], stamp: int) -> dict | None:
+    """The vocabulary a label image stamped ``stamp`` belongs to: the highest version whose
+    ``valid_from`` (of the single camera, ``""``) is not after it."""
+
+    def valid_from(vocabulary: dict) -> int | None:
+        start = vocabulary.get("valid_from", {}).get("")
+        return None if start is None else start["sec"] * NS_PER_S + start["nanosec"]
+
+    valid = [v for v in vocabularies if (start := valid_from(v)) is not None and start <= stamp]
+    return max(valid, key=lambda v: v["version"], default=None)
 
 
 def _name_taken(
-    node,
+    planner: NodeClient,
     namespace: str,
     name: str,
     settle_s: float = 1.0,
@@ -313,11 +329,11 @@ def _name_taken(
 ) -> bool:
     """Whether a node ``namespace/name`` shows up in the graph. Discovery is asynchronous:
     waits at least ``least_s`` and until the graph has not changed for ``settle_s`` (at most
-    ``most_s``). Best effort: the labels' stamps are checked as well (see ``_run``)."""
+    ``most_s``). Best effort: the labels' stamps are checked as well (see ``_tour``)."""
     start = last_change = time.monotonic()
     graph = None
     while True:
-        names = set(node.get_node_names_and_namespaces())
+        names = planner.node_names()
         if (name, namespace) in names:
             return True
         now = time.monotonic()

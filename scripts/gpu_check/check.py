@@ -1,20 +1,21 @@
 """The GPU check: CUDA tests, engine and node benchmarks, one Markdown + JSON report.
 
-``scripts/gpu_check.sh`` sets up ``.venv`` and runs this module. Steps, each a subprocess
+``scripts/gpu_check.sh`` sets up ``.venv`` and runs this script (a source checkout's tool:
+it runs ``test/``, so it is not part of the installed package). Steps, each a subprocess
 with its own log and a share of the time budget (killed, and reported, when it runs over):
 
 1. environment: GPU, driver, torch / CUDA / Triton versions;
 2. CUDA tests: ``pytest -m cuda test/test_cuda.py`` (Triton stencil, fused attention,
    half precision, every method end to end, compile / CUDA graphs), with the measurements
    the tests record;
-3. engine benchmark: ``ovseg-bench --preset random`` for every method in fp32 and fp16;
-4. node benchmark: ``ovseg-bench --node`` with the random preset (when ovseg-bench has it).
+3. engine benchmark: ``ovseg-bench engine --preset random`` for every method in fp32 and fp16;
+4. node benchmark: ``ovseg-bench node`` with the random preset.
 
 ``--device cpu`` runs the same steps on the CPU with smaller runs: the CUDA tests are
 collected and skipped, fp16 is left out, and the report says so. That keeps the kit working
 before a GPU is available. Exit status: 0 when no step failed, 1 otherwise, 2 on bad usage.
 
-    python -m ovseg_ros.tools.gpu_check --device cpu --out /tmp/gpu_check
+    python scripts/gpu_check/check.py --device cpu --out /tmp/gpu_check
 """
 
 from __future__ import annotations
@@ -32,17 +33,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ovseg_ros.tools.cli import EXIT_FAILED, EXIT_OK
-from ovseg_ros.tools.gpu_report import (
-    StepResult,
-    build_report,
-    parse_junit,
-    read_jsonl,
-    write_report,
-)
-
-METHODS = ("pearl", "maskclip", "lposs", "lposs_plus")
 REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(REPO)]  # report.py; this ovseg_ros
+
+from report import StepResult, build_report, parse_junit, read_jsonl, write_report  # noqa: E402
+
+from ovseg_ros.segmentation.methods import METHODS  # noqa: E402
+from ovseg_ros.tools.cli import EXIT_FAILED, EXIT_OK  # noqa: E402
+
 MEASUREMENTS = "cuda_test_measurements.jsonl"  # written by test/test_cuda.py
 
 
@@ -85,7 +83,8 @@ def make_plan(device: str, methods: tuple[str, ...], quick: bool) -> Plan:
             node_sizes=("640x480", "1280x720"),
             node_duration=5.0,
             node_rate=30.0,
-            caps_s={"cuda tests": 330.0, "engine benchmark": 120.0, "node benchmark": 120.0},
+            # The node benchmark starts the node and then the engine alone per case.
+            caps_s={"cuda tests": 300.0, "engine benchmark": 120.0, "node benchmark": 180.0},
         )
     notes = [
         "CPU mode: the CUDA tests are collected and skipped (no GPU); fp16 is benchmarked on "
@@ -179,18 +178,6 @@ def environment(device: str) -> dict[str, Any]:
     return info
 
 
-def node_mode_available(python: str) -> bool:
-    """Whether ``ovseg-bench`` has the node benchmark (``--node`` as a switch)."""
-    done = subprocess.run(
-        [python, "-m", "ovseg_ros.tools.bench", "--node", "--help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return done.returncode == 0 and "--duration" in done.stdout
-
-
 # --- the steps ----------------------------------------------------------------------------------
 
 
@@ -202,6 +189,15 @@ def step_tests(plan: Plan, out: Path, python: str, timeout_s: float) -> StepResu
         command, out, "cuda_tests", timeout_s, env={"OVSEG_GPU_CHECK_DIR": str(out)}
     )
     result = StepResult("cuda tests", "passed", seconds, command, logs=["cuda_tests.out"])
+    return judge_tests(result, code, junit, out / MEASUREMENTS, timeout_s)
+
+
+def judge_tests(
+    result: StepResult, code: int | None, junit: Path, measurements: Path, timeout_s: float
+) -> StepResult:
+    """The CUDA tests' step from pytest's exit status (None: ran over ``timeout_s``), its
+    JUnit report and the measurements the tests wrote: failed, timed out, skipped when every
+    test was skipped (no GPU), else passed."""
     if code is None:
         result.status, result.reason = "timed_out", f"ran over {timeout_s:.0f} s"
     if not junit.exists():
@@ -209,7 +205,7 @@ def step_tests(plan: Plan, out: Path, python: str, timeout_s: float) -> StepResu
             result.status, result.reason = "failed", f"pytest exited {code} without a report"
         return result
     tests = parse_junit(junit)
-    tests["measurements"] = read_jsonl(out / MEASUREMENTS)
+    tests["measurements"] = read_jsonl(measurements)
     result.data = tests
     if code is None:
         return result
@@ -224,33 +220,29 @@ def step_tests(plan: Plan, out: Path, python: str, timeout_s: float) -> StepResu
 
 def step_engine_bench(plan: Plan, out: Path, python: str, timeout_s: float) -> StepResult:
     path = out / "bench_engine.json"
-    command = [python, "-m", "ovseg_ros.tools.bench", "--preset", plan.bench_preset]
+    command = [python, "-m", "ovseg_ros.bench", "engine", "--preset", plan.bench_preset]
     command += ["--methods", *plan.methods, "--sizes", plan.bench_size, "--classes", "20"]
     command += ["--devices", plan.device, "--dtypes", *plan.bench_dtypes]
     command += ["--warmup", str(plan.bench_warmup), "--repeat", str(plan.bench_repeat)]
     command += ["--json", str(path)]
-    return _bench_result("engine benchmark", command, out, "bench_engine", path, timeout_s)
+    return bench_step("engine benchmark", command, out, "bench_engine", path, timeout_s)
 
 
 def step_node_bench(plan: Plan, out: Path, python: str, timeout_s: float) -> StepResult:
-    if not node_mode_available(python):
-        return StepResult(
-            "node benchmark",
-            "missing",
-            reason="ovseg-bench has no node mode here (`ovseg-bench --node --help` fails)",
-        )
     path = out / "bench_node.json"
-    command = [python, "-m", "ovseg_ros.tools.bench", "--node", "--preset", plan.node_preset]
+    command = [python, "-m", "ovseg_ros.bench", "node", "--preset", plan.node_preset]
     command += ["--methods", *plan.node_methods, "--devices", plan.device]
     command += ["--dtypes", *plan.node_dtypes, "--sizes", *plan.node_sizes]
     command += ["--rate", f"{plan.node_rate:g}", "--duration", f"{plan.node_duration:g}"]
     command += ["--json", str(path)]
-    return _bench_result("node benchmark", command, out, "bench_node", path, timeout_s)
+    return bench_step("node benchmark", command, out, "bench_node", path, timeout_s)
 
 
-def _bench_result(
+def bench_step(
     name: str, command: list[str], out: Path, stem: str, path: Path, timeout_s: float
 ) -> StepResult:
+    """Run a benchmark ``command`` that writes its JSON to ``path``: its table (stdout) and
+    records in ``data``, failed when it exits non-zero or runs over ``timeout_s``."""
     code, seconds, stdout = run_logged(command, out, stem, timeout_s)
     result = StepResult(name, "passed", seconds, command, logs=[f"{stem}.out", f"{stem}.log"])
     result.data["table"] = stdout.strip()

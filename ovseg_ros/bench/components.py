@@ -1,33 +1,22 @@
-"""``ovseg-bench --components``: the pure propagation / attention functions timed on
+"""``ovseg-bench components``: the pure propagation / attention functions timed on
 synthetic tensors of the shapes a frame of a given size produces with ViT-B/16."""
 
 from __future__ import annotations
 
-import argparse
 import gc
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TextIO
 
 import torch
 
-from ovseg_ros.tools.bench_measure import (
-    PeakMemory,
-    describe,
-    median_ms,
-    size_record,
-    sync,
-    synthetic_image,
-    warn,
-)
+from ovseg_ros.bench.engine import EngineMatrix
+from ovseg_ros.bench.measure import PeakMemory, describe, median_ms, run_timed, size_record, warn
+from ovseg_ros.bench.scene import synthetic_image
 from ovseg_ros.tools.cli import fmt
 
-# Shapes of the CLIP / DINO ViT-B/16 the full preset runs (the components mode uses these).
+# Shapes of the CLIP / DINO ViT-B/16 the full preset runs.
 VIT_HEADS, VIT_HEAD_DIM, DINO_DIM, TEXT_DIM, PATCH = 12, 64, 768, 512, 16
-
-
-# --- ------------------------------------------------------------------------
 
 
 Case = tuple[str, str, int | None, Callable[[], object]]  # name, shapes, classes, call
@@ -113,8 +102,7 @@ def _propagation_cases(size: tuple[int, int], classes: int, device: torch.device
 
 
 def bench_components(
-    args: argparse.Namespace,
-    plan: list[tuple[str, str]],
+    matrix: EngineMatrix,
     log: TextIO,
     on_record: Callable[[dict], None] = lambda record: None,
 ) -> list[dict]:
@@ -126,15 +114,15 @@ def bench_components(
     class count.
     """
     records: list[dict] = []
-    devices = list(dict.fromkeys(device for device, _ in plan))
+    devices = list(dict.fromkeys(device for device, _ in matrix.plan))
     for device_name in devices:
         device = torch.device(device_name)
-        dtypes = [dtype for name, dtype in plan if name == device_name]
-        for width, height in args.sizes:
+        dtypes = [dtype for name, dtype in matrix.plan if name == device_name]
+        for width, height in matrix.sizes:
             size = (width, height)
             # (dtype, cases factory): attention per dtype, propagations per class count.
             jobs = [(dtype, partial(_attention_cases, size, device, dtype)) for dtype in dtypes]
-            jobs += [("fp32", partial(_propagation_cases, size, c, device)) for c in args.classes]
+            jobs += [("fp32", partial(_propagation_cases, size, c, device)) for c in matrix.classes]
             for dtype, make_cases in jobs:
                 base = {"device": device_name, "dtype": dtype, **size_record(width, height)}
                 try:
@@ -148,7 +136,7 @@ def bench_components(
                     record = {"component": name, **base, "classes": classes, "shapes": shapes}
                     print(f"{name} {device_name} {dtype} {shapes}", file=log, flush=True)
                     try:
-                        record.update(_time_call(call, device, args.warmup, args.repeat))
+                        record.update(_time_call(call, device, matrix.warmup, matrix.repeat))
                     except Exception as exc:  # noqa: BLE001 - e.g. out of memory: go on
                         warn(log, f"{name} {device_name}: {describe(exc)}")
                         record["error"] = describe(exc)
@@ -167,15 +155,7 @@ def _time_call(
 ) -> dict[str, Any]:
     memory = PeakMemory(device)
     memory.start()
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeat):
-        sync(device)
-        start = time.perf_counter()
-        call()
-        sync(device)
-        times.append(time.perf_counter() - start)
+    times, _ = run_timed(call, device, warmup=warmup, repeat=repeat)
     return {
         "median_ms": median_ms(times),
         "min_ms": 1000.0 * min(times),
@@ -183,7 +163,7 @@ def _time_call(
     }
 
 
-COMPONENT_HEADER: tuple[str, ...] = (
+HEADER: tuple[str, ...] = (
     "component",
     "device",
     "dtype",
@@ -196,11 +176,11 @@ COMPONENT_HEADER: tuple[str, ...] = (
 )
 
 
-def component_row(rec: dict) -> list[str]:
+def row(rec: dict) -> list[str]:
     """The table cells of one component record."""
     classes = "-" if rec.get("classes") is None else str(rec["classes"])
-    row = [rec["component"], rec["device"], rec["dtype"], rec["size"], classes]
-    row.append(rec.get("shapes", "-"))
+    cells = [rec["component"], rec["device"], rec["dtype"], rec["size"], classes]
+    cells.append(rec.get("shapes", "-"))
     if "error" in rec:
-        return row + ["failed", "-", "-"]
-    return row + [fmt(rec["median_ms"], 2), fmt(rec["min_ms"], 2), fmt(rec["peak_mib"], 0)]
+        return cells + ["failed", "-", "-"]
+    return cells + [fmt(rec["median_ms"], 2), fmt(rec["min_ms"], 2), fmt(rec["peak_mib"], 0)]

@@ -1,7 +1,7 @@
 """The GPU check's report: step results, issue 12's targets, one Markdown and one JSON file.
 
 Pure functions over the steps' results (:class:`StepResult`), so the report is tested without
-running anything (``test/test_gpu_check.py``); :mod:`ovseg_ros.tools.gpu_check` runs the steps.
+running anything (``test/test_gpu_check.py``); ``check.py`` beside this file runs the steps.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def build_report(
     total_s: float,
     setup_s: float,
 ) -> dict[str, Any]:
-    """The JSON report: ``plan`` as ``gpu_check.make_plan`` makes it (a dict), the steps in
+    """The JSON report: ``plan`` as ``check.make_plan`` makes it (a dict), the steps in
     order, ``env`` (versions, GPU), and issue 12's targets (on CUDA only)."""
     failed = [s.name for s in steps if s.status in ("failed", "timed_out")]
     return {
