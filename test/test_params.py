@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import random
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from ovseg_ros.params import load_params, node_parameters, read_yaml
 from ovseg_ros.segmentation.config import SegmenterConfig
 
+REPO = Path(__file__).resolve().parents[1]
 PLAIN = "method: lposs\nlposs_k: 50\nclasses: [door, person]\n"
 NAMESPACED = """
 robot:
@@ -148,3 +150,20 @@ def test_loader_agrees_with_rclpy(tmp_path, text, node, namespace):
     fqn = f"{namespace.rstrip('/')}/{node}"
     ours = node_parameters(read_yaml(path), fqn)
     assert {k: (list(v) if isinstance(v, list) else v) for k, v in expected.items()} == ours
+
+
+def test_params_file_states_every_safe_range():
+    """config/segment.yaml gives each bounded parameter its range, as the field metadata (the
+    node's descriptors and refusals) has it: one source, written out where users read it."""
+    from ovseg_ros.ros.parameters import all_specs
+
+    lines = (REPO / "config" / "segment.yaml").read_text().splitlines()
+    missing = []
+    for spec in all_specs():
+        if spec.minimum is None and spec.maximum is None and spec.max_items is None:
+            continue
+        clause = spec.constraints.split(";")[0]
+        line = next((t for t in lines if t.strip().startswith(f"{spec.name}:")), "")
+        if clause not in line:
+            missing.append(f"{spec.name}: {clause!r}")
+    assert not missing, missing
