@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from ovseg_ros.image_header import HeaderError, HeaderTooLargeError, compressed_image_size
+from ovseg_ros.segmentation.geometry import MAX_IMAGE_SIDE  # the engine's limit, re-exported
 
 _LOG = logging.getLogger("ovseg_ros.image_conversion")
 
-MAX_IMAGE_SIDE = 16384  # larger is a corrupt header, not a camera
 MAX_IMAGE_PIXELS = 7680 * 4320  # 8K UHD: the default limit on the pixels of an input frame
 
 # encoding -> (channels, bytes per channel, channel order of the result before RGB conversion)

@@ -24,6 +24,7 @@ from .batch import (
 )
 from .config import REBUILD_FIELDS, SegmenterConfig
 from .geometry import (
+    MAX_IMAGE_SIDE,
     crop_windows,
     rescaled_size,
     resize_image,
@@ -43,7 +44,6 @@ from .vocabulary_state import (
     as_cancel_check,
 )
 
-MAX_IMAGE_SIDE = 16384  # larger frames are a corrupt header, not a camera
 MAX_WINDOWS = 64  # windows per backbone forward pass (all frames of a batch together)
 
 
