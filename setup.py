@@ -63,9 +63,9 @@ setup(
         "console_scripts": [
             "segment_node = ovseg_ros.ros.main:main",
             "download_weights = ovseg_ros.tools.download_weights:main",
-            "ovseg-replay = ovseg_ros.tools.replay:main",
+            "ovseg-replay = ovseg_ros.tools.replay.cli:main",
             "ovseg-evaluate = ovseg_ros.tools.evaluate:main",
-            "ovseg-bench = ovseg_ros.tools.bench:main",
+            "ovseg-bench = ovseg_ros.bench.cli:main",
             "ovseg-demo = ovseg_ros.tools.demo:main",
         ],
     },

@@ -30,9 +30,9 @@ from bag_helpers import (
 )
 from PIL import Image as PILImage
 
-from ovseg_ros.tools.bag_ranges import OrderedBagWriter, label_range, split_ranges
-from ovseg_ros.tools.replay import main
-from ovseg_ros.tools.replay_plan import ReplayOptions
+from ovseg_ros.tools.replay.cli import main
+from ovseg_ros.tools.replay.plan import ReplayOptions
+from ovseg_ros.tools.replay.ranges import OrderedBagWriter, label_range, split_ranges
 
 ray = pytest.importorskip("ray")
 torch = pytest.importorskip("torch")
@@ -340,7 +340,7 @@ def write_voc(root: Path, n: int = 6, h: int = 48, w: int = 64) -> None:
     (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(names) + "\n")
 
 
-def test_evaluate_on_ray_equals_single_process(local_ray, tmp_path):
+def test_evaluate_on_ray_equals_single_process(local_ray, tmp_path, capsys):
     from ovseg_ros.evaluation.datasets import build_dataset
     from ovseg_ros.evaluation.metrics import SegmentationMetric
     from ovseg_ros.segmentation import build_segmenter
@@ -352,7 +352,10 @@ def test_evaluate_on_ray_equals_single_process(local_ray, tmp_path):
     flags = ["--dataset", "voc21", "--root", str(root), "--preset", "tiny", "--device", "cpu"]
     flags += ["--method", "maskclip"]
     assert evaluate.main([*flags, "--output-dir", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
     assert evaluate.main([*flags, "--output-dir", str(tmp_path / "ray"), "--ray"]) == 0
+    err = capsys.readouterr().err  # the progress shows the program that runs, not replay's
+    assert "ovseg-evaluate voc21" in err and "ovseg-replay" not in err
     one, on_ray = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "ray"))
     assert on_ray["num_images"] == one["num_images"] == 6
     assert on_ray["summary"] == one["summary"] and on_ray["per_class"] == one["per_class"]
@@ -366,9 +369,7 @@ def test_evaluate_on_ray_equals_single_process(local_ray, tmp_path):
     single = SegmentationMetric(dataset.num_classes)
     for sample in dataset:
         single.update(np.asarray(segmenter.segment(sample.image).labels), sample.gt)
-    merged, _, interrupted = evaluate_metric_on_ray(
-        config, dataset, address=None, actors=2, show_progress=False
-    )
+    merged, _, interrupted = evaluate_metric_on_ray(config, dataset, address=None, actors=2)
     assert not interrupted and merged.num_images == 6
     assert merged.confusion.sum() > 0
     np.testing.assert_array_equal(merged.confusion, single.confusion)

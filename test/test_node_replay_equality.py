@@ -32,8 +32,8 @@ from std_msgs.msg import String
 
 from ovseg_ros.ros.parameters import DEFAULT_CLASSES
 from ovseg_ros.segmentation import SegmenterConfig, build_segmenter
-from ovseg_ros.tools.replay_core import run_replay
-from ovseg_ros.tools.replay_plan import ReplayOptions
+from ovseg_ros.tools.replay.core import run_replay
+from ovseg_ros.tools.replay.plan import ReplayOptions
 
 DOMAIN_ID = private_domain_id()
 CONFIDENCE_CLASSES = ["man", "door"]

@@ -18,9 +18,9 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from ovseg_ros.image_conversion import compressed_to_rgb
 from ovseg_ros.outputs import render_overlay
 from ovseg_ros.segmentation import build_segmenter, build_vocabulary, tiny_config
-from ovseg_ros.tools.replay import format_summary, main
-from ovseg_ros.tools.replay_core import run_replay
-from ovseg_ros.tools.replay_plan import ReplayOptions
+from ovseg_ros.tools.replay.cli import format_summary, main
+from ovseg_ros.tools.replay.core import run_replay
+from ovseg_ros.tools.replay.plan import ReplayOptions
 
 TS = get_typestore(Stores.ROS2_JAZZY)
 Image = TS.types["sensor_msgs/msg/Image"]

@@ -19,7 +19,7 @@ from rosbags.typesys import Stores, get_typestore
 from test_points import D_PLUMB, H, K, W, _depth_message, _scene
 
 from ovseg_ros.points import read_cloud, unpack_rgb
-from ovseg_ros.tools.replay import main
+from ovseg_ros.tools.replay.cli import main
 
 TS = get_typestore(Stores.ROS2_JAZZY)
 Header = TS.types["std_msgs/msg/Header"]

@@ -17,8 +17,8 @@ SCRIPT = textwrap.dedent(
 
     sys.meta_path.insert(0, NoRos())
     import numpy as np
-    import ovseg_ros.tools.evaluate, ovseg_ros.tools.replay  # noqa: F401  (offline tools)
-    import ovseg_ros.tools.bench, ovseg_ros.tools.download_weights  # noqa: F401
+    import ovseg_ros.tools.evaluate, ovseg_ros.tools.replay.cli  # noqa: F401  (offline tools)
+    import ovseg_ros.bench.cli, ovseg_ros.tools.download_weights  # noqa: F401
     import ovseg_ros.pipeline, ovseg_ros.ros.worker, ovseg_ros.ros.versions  # noqa: F401
     from ovseg_ros.segmentation import build_segmenter, tiny_config
 

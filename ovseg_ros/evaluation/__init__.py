@@ -1,7 +1,9 @@
-"""Offline benchmark evaluation: data set readers and segmentation metrics.
+"""Offline benchmark evaluation: data set readers, segmentation metrics and the evaluation
+loop (:mod:`ovseg_ros.evaluation.loop`).
 
-Neither module imports the segmentation engine; ``ovseg_ros.tools.evaluate`` (the
-``ovseg-evaluate`` CLI) ties them to it.
+None of them imports the segmentation engine: the loop is handed a segmenter.
+``ovseg_ros.tools.evaluate`` (the ``ovseg-evaluate`` CLI) builds one and runs the loop, here
+or on Ray.
 """
 
 from ovseg_ros.evaluation.datasets import (

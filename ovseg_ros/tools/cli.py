@@ -27,9 +27,12 @@ class UsageError(Exception):
 
 
 class Progress:
-    """A tqdm bar (rate, ETA) when tqdm is installed, else a throttled line on ``stream``.
+    """A tqdm bar (rate, ETA) when tqdm is installed, else a throttled line on ``stream``;
+    every line starts with ``prog``, the name of the program that shows it.
 
-    ``log`` prints a line without breaking the bar.
+    ``log`` prints a line without breaking the bar. ``enabled=False`` (``--no-progress``):
+    no bar, ``log`` still prints its lines. Steps may be negative (work taken back before a
+    retry). Also a context manager that closes the bar.
     """
 
     def __init__(
@@ -40,18 +43,30 @@ class Progress:
         unit: str = "frame",
         stream: TextIO | None = None,
         every_s: float = 1.0,
+        enabled: bool = True,
     ) -> None:
         self.total, self.prog, self.unit, self.every_s = total, prog, unit, every_s
         self.stream = stream or sys.stderr
+        self.enabled = enabled
         self.done = 0
         self.start = time.perf_counter()
         self._last = -math.inf
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            self.bar = None
-        else:
-            self.bar = tqdm(total=total, desc=prog, unit=unit, file=self.stream, dynamic_ncols=True)
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                pass
+            else:
+                self.bar = tqdm(
+                    total=total, desc=prog, unit=unit, file=self.stream, dynamic_ncols=True
+                )
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def update(self, n: int = 1, **postfix: Any) -> None:
         """``n`` more items done; ``postfix`` (e.g. ``skipped=3``) is shown next to the bar."""
@@ -60,6 +75,8 @@ class Progress:
     def advance_to(self, done: int, **postfix: Any) -> None:
         """``done`` items done in all."""
         step, self.done = done - self.done, done
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.update(step)
             if any(postfix.values()):
@@ -83,16 +100,19 @@ class Progress:
         )
 
     def log(self, line: str) -> None:
+        """``prog: line`` on its own line."""
         if self.bar is not None:
             self.bar.write(f"{self.prog}: {line}", file=self.stream)
-        else:
+        elif self.enabled:  # after the throttled progress line
             self.stream.write(f"\n{self.prog}: {line}\n")
             self.stream.flush()
+        else:
+            print(f"{self.prog}: {line}", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        else:
+        elif self.enabled:
             self.stream.write("\n")
             self.stream.flush()
 

@@ -21,10 +21,7 @@ import datetime as _dt
 import json
 import math
 import sys
-import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +34,8 @@ from ovseg_ros.evaluation.datasets import (
     build_dataset,
     read_classnames_file,
 )
-from ovseg_ros.evaluation.metrics import MetricResult, SegmentationMetric
+from ovseg_ros.evaluation.loop import evaluate
+from ovseg_ros.evaluation.metrics import MetricResult
 from ovseg_ros.segmentation.methods import method_spec
 from ovseg_ros.tools.cli import (
     EXIT_FAILED,
@@ -230,85 +228,6 @@ def build_config(args: argparse.Namespace, params: dict[str, Any], method: str) 
         raise UsageError(f"invalid segmenter settings: {exc}") from exc
 
 
-def _prefetch(dataset: SegmentationDataset, count: int, depth: int = 2) -> Iterator[Any]:
-    """Yield ``dataset[0:count]`` in order, decoding up to ``depth`` samples ahead."""
-    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="ovseg-eval-io") as pool:
-        pending: deque[Future[Any]] = deque()
-        next_index = 0
-        try:
-            while next_index < count or pending:
-                while next_index < count and len(pending) < depth:
-                    pending.append(pool.submit(dataset.__getitem__, next_index))
-                    next_index += 1
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
-
-
-def score_sample(
-    segmenter: Any, sample: Any, metric: SegmentationMetric, stages: dict[str, float]
-) -> float:
-    """Segment ``sample.image``, add the labels vs ``sample.gt`` [H, W] to ``metric`` and the
-    engine's stage timings to ``stages``; returns the seconds ``segment`` took."""
-    started = time.perf_counter()
-    result = segmenter.segment(sample.image)
-    seconds = time.perf_counter() - started
-    labels = np.asarray(result.labels)
-    if labels.shape != sample.gt.shape:
-        raise RuntimeError(
-            f"{sample.name}: predicted labels {labels.shape} do not match the image "
-            f"size {sample.gt.shape}"
-        )
-    metric.update(labels, sample.gt)
-    for stage, stage_s in (getattr(result, "timings", None) or {}).items():
-        stages[stage] = stages.get(stage, 0.0) + float(stage_s)
-    return seconds
-
-
-def evaluate(
-    segmenter: Any,
-    dataset: SegmentationDataset,
-    limit: int | None = None,
-    boundary: bool = True,
-    show_progress: bool = True,
-) -> tuple[MetricResult, dict[str, Any], bool]:
-    """Segment the first ``limit`` images; returns (metrics, timing, interrupted)."""
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    metric = SegmentationMetric(dataset.num_classes, boundary=boundary)
-    stage_sums: dict[str, float] = {}
-    segment_s = 0.0
-    bar = Progress(count, prog=f"{PROG} {dataset.key}", unit="image") if show_progress else None
-    start = time.perf_counter()
-    interrupted = False
-    try:
-        for sample in _prefetch(dataset, count):
-            segment_s += score_sample(segmenter, sample, metric, stage_sums)
-            if bar is not None:
-                bar.update(1)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        if bar is not None:
-            bar.close()
-    timing = run_timing(time.perf_counter() - start, metric.num_images, segment_s, stage_sums)
-    return metric.compute(), timing, interrupted
-
-
-def run_timing(
-    wall_s: float, images: int, segment_s: float, stages: dict[str, float]
-) -> dict[str, Any]:
-    """The ``timing`` of a report: frames per second overall and in ``segment`` alone, and
-    the engine's mean seconds per stage, from the totals of ``images`` images."""
-    n = images
-    return {
-        "wall_s": wall_s,
-        "frames_per_s": n / wall_s if wall_s > 0 and n else math.nan,
-        "segment_frames_per_s": n / segment_s if segment_s > 0 and n else math.nan,
-        "mean_stage_s": {k: v / n for k, v in stages.items()} if n else {},
-    }
-
-
 def _default_output_dir(dataset: str, method: str) -> Path:
     return Path("ovseg_eval") / f"{dataset}_{method}"
 
@@ -396,16 +315,19 @@ def run(args: argparse.Namespace) -> int:
         f"{PROG}: {dataset!r}, method {cfg.method}, preset {cfg.preset}, device {cfg.device}",
         file=sys.stderr,
     )
+    count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     if args.ray is not None:  # images sharded over Ray actors, confusion matrices summed
         from ovseg_ros.tools.fleet import FleetError, evaluate_on_ray
 
-        try:
-            result, timing, interrupted = evaluate_on_ray(
-                unresolved, dataset, address=args.ray, actors=args.actors,
-                limit=args.limit, boundary=not args.no_boundary,
-            )  # fmt: skip
-        except FleetError as exc:
-            raise UsageError(str(exc)) from exc
+        with Progress(count, prog=f"{PROG} {dataset.key}", unit="image") as progress:
+            try:
+                result, timing, interrupted = evaluate_on_ray(
+                    unresolved, dataset, address=args.ray, actors=args.actors,
+                    limit=args.limit, boundary=not args.no_boundary,
+                    on_progress=progress.update,
+                )  # fmt: skip
+            except FleetError as exc:
+                raise UsageError(str(exc)) from exc
     else:
         segmenter = build_segmenter(cfg)
         try:
@@ -415,9 +337,10 @@ def run(args: argparse.Namespace) -> int:
                 f"the segmenter refused the {dataset.key} vocabulary: {exc}; "
                 "pass an edited list with --classes FILE"
             ) from exc
-        result, timing, interrupted = evaluate(
-            segmenter, dataset, limit=args.limit, boundary=not args.no_boundary
-        )
+        with Progress(count, prog=f"{PROG} {dataset.key}", unit="image") as progress:
+            result, timing, interrupted = evaluate(
+                segmenter, dataset, args.limit, not args.no_boundary, progress.update
+            )
 
     report = build_report(args, cfg, dataset, result, timing, interrupted)
     markdown = _markdown_report(report, result, dataset.class_names)

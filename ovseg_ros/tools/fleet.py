@@ -4,7 +4,7 @@ One actor per GPU (``--actors N`` to choose; CPU actors when the cluster has no 
 the segmenter once and keeps it, with its text-embedding cache, for every task it is given.
 
 Replay: every bag is cut into time windows of about ``--range-frames`` frames
-(:mod:`ovseg_ros.tools.bag_ranges`); windows are tasks given to whichever actor is free, so a
+(:mod:`ovseg_ros.tools.replay.ranges`); windows are tasks given to whichever actor is free, so a
 large bag is labelled by all actors at once. An actor returns its window's messages
 serialised; the driver writes them into one output bag in window order. Memory stays
 bounded: at most two windows per actor are in flight or waiting to be written. A window
@@ -15,17 +15,43 @@ Evaluate: the dataset's images are dealt to the actors in chunks; each returns t
 confusion counts of its chunk and the driver sums them, which gives exactly the counts of
 a single-process run (integer sums do not depend on the order).
 
-``ray`` is an optional extra: ``pip install ovseg_ros[fleet]``.
+``ray`` is an optional extra: ``pip install ovseg_ros[fleet]``. Actors are never detached:
+a driver that dies (even by ``kill -9``) takes them along, and a local Ray started here
+goes with it (Ray's fate-sharing of the processes it starts; its two agent processes notice
+and exit on their own within about two minutes).
+
+Library code only (the command lines call it, never the reverse): the replay package's
+jobs, plan and ranges, and the evaluation loop; progress goes through callbacks.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ovseg_ros.evaluation.loop import run_timing, score_sample
+from ovseg_ros.evaluation.metrics import SegmentationMetric
+from ovseg_ros.tools.replay.bag_io import BagError
+from ovseg_ros.tools.replay.jobs import (
+    BagJob,
+    BagReport,
+    OutputError,
+    discard,
+    fill_report,
+    finalize,
+)
+from ovseg_ros.tools.replay.plan import ReplayError, ReplayOptions
+from ovseg_ros.tools.replay.ranges import (
+    FrameRange,
+    OrderedBagWriter,
+    RangeOutput,
+    label_range,
+    split_ranges,
+)
+from ovseg_ros.tools.replay.settings import ReplaySettings
 
 WINDOWS_PER_ACTOR = 2  # in flight or waiting to be written, per actor
 EVAL_CHUNK = 4  # images per evaluation task
@@ -106,17 +132,12 @@ class SegmenterWorker:
         """The device the model runs on, once it is built."""
         return str(self.segmenter.config.device)
 
-    def label_range(self, options: Any, frame_range: Any) -> Any:
-        """One window of a bag -> ``RangeOutput`` (serialised messages, stats)."""
-        from ovseg_ros.tools.bag_ranges import label_range
-
+    def label_range(self, options: ReplayOptions, frame_range: FrameRange) -> RangeOutput:
+        """One window of a bag -> its serialised messages and stats."""
         return label_range(options, self.segmenter, frame_range)
 
     def evaluate(self, dataset: Any, indices: Sequence[int], boundary: bool) -> tuple:
         """Images ``indices`` of ``dataset`` -> (SegmentationMetric, stage seconds, segment s)."""
-        from ovseg_ros.evaluation.metrics import SegmentationMetric
-        from ovseg_ros.tools.evaluate import score_sample
-
         metric = SegmentationMetric(dataset.num_classes, boundary=boundary)
         stages: dict[str, float] = {}
         segment_s = 0.0
@@ -169,37 +190,39 @@ def _describe(exc: BaseException) -> str:
 @dataclass
 class _Task:
     job: int  # index into the jobs
-    frame_range: Any
+    frame_range: FrameRange
     attempt: int = 1
 
 
 def replay_on_ray(
-    jobs: Sequence[Any],
-    prepared: Any,
-    args: argparse.Namespace,
-    reports: dict[str, Any],
+    jobs: Sequence[BagJob],
+    settings: ReplaySettings,
+    reports: dict[str, BagReport],
     advance: Callable[[int], None],
-    finished: Callable[[Any], None],
+    finished: Callable[[BagJob], None],
+    *,
+    address: str | None,
+    actors: int | None,
+    retries: int,
+    range_frames: int,
 ) -> dict[str, Any]:
-    """Label ``jobs`` (``replay_many.BagJob``) on Ray; fills ``reports``; returns run facts."""
-    from ovseg_ros.tools.bag_io import BagError
-    from ovseg_ros.tools.bag_ranges import OrderedBagWriter, split_ranges
-    from ovseg_ros.tools.replay_many import discard, fill_report, finalize
-    from ovseg_ros.tools.replay_plan import ReplayError
+    """Label planned ``jobs`` on Ray with the segmenter ``settings`` describe.
 
-    ray, started_here = connect(args.ray)
+    Fills ``reports``; calls ``advance(frames)`` as windows are written (negative when a
+    failed bag's frames are taken back) and ``finished(job)`` when a bag is done or failed.
+    Returns the run's facts for the report.
+    """
+    ray, started_here = connect(address)
     try:
-        shape = actor_shape(ray.cluster_resources(), args.actors)
+        shape = actor_shape(ray.cluster_resources(), actors)
         started = time.perf_counter()
-        pool = ActorPool(ray, shape, prepared.config, prepared.classes, strict=True)
+        pool = ActorPool(ray, shape, settings.config, settings.classes, strict=True)
         devices = pool.wait_ready(ray)
         ready_s = time.perf_counter() - started
         tasks: deque[_Task] = deque()
         for j, job in enumerate(jobs):
             try:
-                ranges = split_ranges(
-                    job.input, job.image_topics, args.range_frames, job.options.limit
-                )
+                ranges = split_ranges(job.input, job.image_topics, range_frames, job.options.limit)
             except (BagError, ReplayError) as exc:
                 reports[job.name].status, reports[job.name].error = "failed", str(exc)
                 finished(job)
@@ -257,7 +280,7 @@ def replay_on_ray(
                     if report.status != "pending":
                         continue
                     permanent = isinstance(_cause(exc), ReplayError)
-                    if permanent or task.attempt > args.retries:
+                    if permanent or task.attempt > retries:
                         fail(task.job, _describe(exc))
                     else:
                         report.error = _describe(exc)
@@ -288,8 +311,8 @@ def replay_on_ray(
                 try:
                     writers.pop(task.job).close()
                     finalize(job)
-                except (BagError, OSError) as exc:
-                    fail(task.job, f"closing {job.staging}: {exc}")
+                except (BagError, OutputError) as exc:
+                    fail(task.job, str(exc))
                     continue
                 report.status, report.error = "done", None
                 report.seconds = time.perf_counter() - begun[task.job]
@@ -330,28 +353,21 @@ def evaluate_metric_on_ray(
     actors: int | None,
     limit: int | None = None,
     boundary: bool = True,
-    show_progress: bool = True,
-) -> tuple[Any, dict[str, Any], bool]:
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[SegmentationMetric, dict[str, Any], bool]:
     """The images (the first ``limit``) dealt to Ray actors in chunks: (the summed
-    ``SegmentationMetric``, timing, interrupted).
+    ``SegmentationMetric``, timing, interrupted). ``on_progress(n)``: ``n`` more images
+    scored.
 
     The confusion counts (and Boundary IoU counts) of all chunks are summed, so the metrics
     equal a single-process run's. Every node must see the dataset at ``dataset.root``.
     """
-    from ovseg_ros.evaluation.metrics import SegmentationMetric
-    from ovseg_ros.tools.cli import Progress
-
     count = len(dataset) if limit is None else min(limit, len(dataset))
     ray, started_here = connect(address)
     total = SegmentationMetric(dataset.num_classes, boundary=boundary)
     stage_sums: dict[str, float] = {}
     segment_s = 0.0
     interrupted = False
-    progress = (
-        Progress(count, prog=f"ovseg-evaluate {dataset.key}", unit="image")
-        if show_progress
-        else None
-    )
     start = time.perf_counter()
     try:
         shape = actor_shape(ray.cluster_resources(), actors)
@@ -377,8 +393,8 @@ def evaluate_metric_on_ray(
                 for stage, value in stages.items():
                     stage_sums[stage] = stage_sums.get(stage, 0.0) + value
                 segment_s += seconds
-                if progress is not None:
-                    progress.update(metric.num_images)
+                if on_progress is not None:
+                    on_progress(metric.num_images)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -386,12 +402,8 @@ def evaluate_metric_on_ray(
                 ray.cancel(ref, force=True)
             pool.close(ray)
     finally:
-        if progress is not None:
-            progress.close()
         if started_here:
             ray.shutdown()
-    from ovseg_ros.tools.evaluate import run_timing
-
     timing = run_timing(time.perf_counter() - start, total.num_images, segment_s, stage_sums)
     timing["ray_actors"] = shape.count
     return total, timing, interrupted

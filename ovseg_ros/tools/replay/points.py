@@ -13,103 +13,21 @@ been read, at most :data:`MAX_WAITING` frames, or the end of the input.
 
 from __future__ import annotations
 
-import argparse
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ovseg_ros.outputs import CAMERA_INFO, POINTS, CameraInfoOutput
 from ovseg_ros.pipeline import FrameResult
-from ovseg_ros.points_stage import PointsSettings, PointsStage
+from ovseg_ros.points_stage import PointsStage
 from ovseg_ros.stamps import stamp_ns
-from ovseg_ros.tools.cli import UsageError
+from ovseg_ros.tools.replay.bag_io import RELIABLE_QOS
+from ovseg_ros.tools.replay.plan import CAMERA_INFO_TYPE, DepthOptions
 
 POINTCLOUD2_TYPE = "sensor_msgs/msg/PointCloud2"
-CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-DEPTH_TYPE = "sensor_msgs/msg/Image"
 MAX_WAITING = 8  # color frames held back waiting for their depth partner
-
-
-@dataclass(frozen=True)
-class DepthOptions:
-    """The depth inputs of a replay run and the cloud parameters."""
-
-    depth_topic: str
-    camera_info_topic: str
-    tolerance: float = 0.02
-    settings: PointsSettings = PointsSettings()
-
-
-def check_depth_topics(reader: Any, options: DepthOptions, image_topics: dict[str, str]) -> None:
-    """``UsageError`` unless both topics are in the bag with the right types and there is
-    exactly one image topic (a depth stream belongs to one camera)."""
-    types = {c.topic: c.msgtype for c in reader.connections}
-    for flag, topic, msgtype in (
-        ("--depth-topic", options.depth_topic, DEPTH_TYPE),
-        ("--camera-info-topic", options.camera_info_topic, CAMERA_INFO_TYPE),
-    ):
-        if topic not in types:
-            raise UsageError(f"{flag} {topic} is not in the bag")
-        if types[topic] != msgtype:
-            raise UsageError(f"{flag} {topic} is {types[topic]}, not {msgtype}")
-    if len(image_topics) != 1:
-        raise UsageError(
-            "--depth-topic needs exactly one image topic (the color camera it is registered "
-            f"to); got {', '.join(image_topics)}"
-        )
-
-
-def add_depth_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "point clouds",
-        "write <namespace>/points and <namespace>/camera_info (as the node with "
-        "depth:=true); the cloud options default to the params file's values",
-    )
-    add = group.add_argument
-    add("--depth-topic", help="registered depth Image topic (16UC1 mm or 32FC1 m)")
-    add("--camera-info-topic", help="CameraInfo topic of the depth image")
-    add("--depth-sync-tolerance", type=float, help="seconds (default 0.02)")
-    add("--points-stride", type=int, help="use every n-th depth pixel (default 1)")
-    add("--points-organized", action=argparse.BooleanOptionalAction, default=None)
-    add("--depth-min", type=float, help="metres (default 0.1)")
-    add("--depth-max", type=float, help="metres (default 10.0)")
-    add("--points-classes", nargs="*", help="only points of these classes (default: all)")
-
-
-def depth_options(args: argparse.Namespace, params: dict[str, Any]) -> DepthOptions | None:
-    """``--depth-topic`` and friends (flags win over the params file), checked."""
-    if args.depth_topic is None and args.camera_info_topic is None:
-        return None
-    if not args.depth_topic or not args.camera_info_topic:
-        raise UsageError("--depth-topic and --camera-info-topic go together")
-    flags = {
-        "points_stride": args.points_stride,
-        "points_organized": args.points_organized,
-        "depth_min": args.depth_min,
-        "depth_max": args.depth_max,
-        "points_classes": args.points_classes,
-        "depth_sync_tolerance": args.depth_sync_tolerance,
-    }
-    values = {k: params[k] for k in flags if params.get(k) is not None}
-    values.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        settings = PointsSettings.from_values(values)
-        tolerance = float(values.get("depth_sync_tolerance", 0.02))
-        if not tolerance >= 0.0:
-            raise ValueError(f"depth_sync_tolerance must be >= 0 seconds, got {tolerance}")
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"point cloud options: {exc}") from None
-    return DepthOptions(
-        _absolute(args.depth_topic), _absolute(args.camera_info_topic), tolerance, settings
-    )
-
-
-def _absolute(topic: str) -> str:
-    topic = topic.strip()
-    return topic if topic.startswith("/") else f"/{topic}"
 
 
 class DepthAligner:
@@ -154,11 +72,12 @@ class DepthAligner:
 
 
 class PointsWriter:
-    """Serialises the ``points`` / ``camera_info`` outputs into the output bag."""
+    """Serialises the ``points`` / ``camera_info`` outputs into the output bag.
+
+    ``out``: the run's :class:`~ovseg_ros.tools.replay.core.OutputBag`.
+    """
 
     def __init__(self, out: Any, prefix: str) -> None:
-        from ovseg_ros.tools.bag_io import RELIABLE_QOS
-
         self.out, self.typestore = out, out.typestore
         self.connections = {
             POINTS: out.add(f"{prefix}/{POINTS}", POINTCLOUD2_TYPE, RELIABLE_QOS),
@@ -173,10 +92,10 @@ class PointsWriter:
                 stamp=header.stamp, frame_id=frame.cloud.frame_id
             )
             msg = self._cloud(cloud_header, frame.cloud.cloud)
-            self.out._write(self.connections[POINTS], timestamp, msg, POINTCLOUD2_TYPE)
+            self.out.write_message(self.connections[POINTS], timestamp, msg, POINTCLOUD2_TYPE)
         if frame.camera_info is not None:
             msg = self._camera_info(header, frame.camera_info)
-            self.out._write(self.connections[CAMERA_INFO], timestamp, msg, CAMERA_INFO_TYPE)
+            self.out.write_message(self.connections[CAMERA_INFO], timestamp, msg, CAMERA_INFO_TYPE)
 
     def _cloud(self, header: Any, cloud: Any) -> Any:
         types = self.typestore.types

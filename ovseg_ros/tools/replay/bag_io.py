@@ -1,8 +1,9 @@
 """Small rosbag2 helpers on top of ``rosbags`` (pure Python, no ROS install needed).
 
-Used by ``ovseg-replay``: open a bag with clear errors, find its storage plugin, copy
-connections with their original definitions and QoS, build the QoS profiles the live node
-offers, and replace an old output bag without ever deleting something that is not a bag.
+Used by ``ovseg-replay``: open a bag with clear errors, find its storage plugin, write one
+whose storage failures (a full or read-only disk) are a :class:`BagError`, copy connections
+with their original definitions and QoS, build the QoS profiles the live node offers, and
+remove an old or half-written output bag without ever deleting something that is not a bag.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +33,13 @@ from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterEr
 STORAGES: tuple[str, ...] = ("sqlite3", "mcap")
 BAG_VERSION = 9  # rosbag2 metadata version of ROS 2 Jazzy
 _STORAGE_SUFFIXES = {".db3": "sqlite3", ".mcap": "mcap"}
-# What a rosbag2 directory may hold (also a half-written one): safe to delete on --overwrite.
-_BAG_FILE_SUFFIXES = (".db3", ".mcap", ".yaml", ".zstd", ".tmp", ".db3-shm", ".db3-wal")
+# What a rosbag2 directory may hold, also a half-written one (a killed sqlite3 writer leaves
+# its rollback journal, or -wal/-shm in WAL mode): safe to delete on --overwrite or a rerun.
+_BAG_FILE_SUFFIXES = (
+    ".db3", ".db3-journal", ".db3-wal", ".db3-shm", ".mcap", ".yaml", ".zstd", ".tmp"
+)  # fmt: skip
+# What a storage plugin raises when the disk is full, read-only or gone.
+_STORAGE_ERRORS = (OSError, sqlite3.Error)
 _DEFAULT_TIME = QosTime(0, 0)  # 0 = the RMW default (infinite) for deadline, lifespan, lease
 
 
@@ -105,20 +112,58 @@ def bag_storage(path: str | Path) -> str:
     return storage
 
 
-def open_writer(path: str | Path, storage: str) -> Writer:
-    """An opened rosbag2 :class:`Writer` (format version 9) with ``storage`` (sqlite3/mcap)."""
+class BagWriter:
+    """An open rosbags :class:`Writer` whose storage failures (a full or read-only disk, a
+    lost device; ``OSError`` or ``sqlite3.Error`` underneath) are :class:`BagError` naming
+    the bag, so that callers report them in one line."""
+
+    def __init__(self, writer: Writer, path: Path) -> None:
+        self._writer, self.path = writer, path
+
+    def add_connection(self, topic: str, msgtype: str, **kwargs: Any) -> Connection:
+        try:
+            return self._writer.add_connection(topic, msgtype, **kwargs)
+        except _STORAGE_ERRORS as exc:
+            raise self._failed(exc) from exc
+
+    def write(self, connection: Connection, timestamp: int, data: bytes | memoryview) -> None:
+        try:
+            self._writer.write(connection, timestamp, data)
+        except _STORAGE_ERRORS as exc:
+            raise self._failed(exc) from exc
+
+    def close(self) -> None:
+        """Finish the bag: the storage's index, then ``metadata.yaml`` (a bag without it is
+        not complete)."""
+        try:
+            self._writer.close()
+        except _STORAGE_ERRORS as exc:
+            raise self._failed(exc) from exc
+
+    def abort(self) -> None:
+        """Release the files without finishing the bag (no ``metadata.yaml``): for a bag that
+        is deleted next. Never raises."""
+        with contextlib.suppress(Exception):
+            self._writer.abort()
+
+    def _failed(self, exc: BaseException) -> BagError:
+        return BagError(f"cannot write {self.path}: {exc}")
+
+
+def open_writer(path: str | Path, storage: str) -> BagWriter:
+    """An opened rosbag2 writer (format version 9) with ``storage`` (sqlite3/mcap)."""
     if storage not in STORAGES:
         raise BagError(f"unsupported storage {storage!r}; supported: {', '.join(STORAGES)}")
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     try:
         writer = Writer(Path(path), version=BAG_VERSION, storage_plugin=plugin)
         writer.open()
-    except (WriterError, OSError) as exc:
+    except (WriterError, *_STORAGE_ERRORS) as exc:
         raise BagError(f"cannot create output bag {path}: {exc}") from exc
-    return writer
+    return BagWriter(writer, Path(path))
 
 
-def copy_connection(writer: Writer, connection: Connection, typestore: Any) -> Connection:
+def copy_connection(writer: BagWriter, connection: Connection, typestore: Any) -> Connection:
     """Add ``connection`` (from a reader) to ``writer`` with the same type, definition and QoS.
 
     The reader's message definition and hash are kept as they are. A bag without the hash
@@ -161,6 +206,13 @@ def _register(typestore: Any, connection: Connection) -> None:
         raise BagError(
             f"{connection.topic}: cannot parse its {connection.msgtype} definition: {exc}"
         ) from exc
+
+
+def is_bag(path: Path) -> bool:
+    """A complete rosbag2 directory (with metadata.yaml) or a lone .mcap/.db3 file."""
+    if path.is_dir():
+        return (path / "metadata.yaml").is_file()
+    return path.is_file() and path.suffix in _STORAGE_SUFFIXES
 
 
 def looks_like_bag(path: Path) -> bool:

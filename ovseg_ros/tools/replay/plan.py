@@ -1,7 +1,11 @@
-"""``ovseg-replay`` inputs: options, the checked plan, run counters, and the checks behind them.
+"""What an ``ovseg-replay`` run is asked to do, and the checks made before any model loads.
 
-:func:`plan_replay` checks the input bag, the image topics and the output path before any
-model loads; :mod:`ovseg_ros.tools.replay_core` runs the plan.
+:class:`ReplayOptions` (one input bag, one output bag), the checked :class:`ReplayPlan`
+(storage plugins, image topics, frame count), the run's counters (:class:`ReplayStats`) and
+the two ways a run fails: :class:`ReplayError` (bad input, nothing written) and
+:class:`ReplayAborted` (an error during the pass). :func:`plan_replay` checks the input bag,
+the image (and depth) topics and the output path; :mod:`ovseg_ros.tools.replay.core` runs
+the plan.
 """
 
 from __future__ import annotations
@@ -17,14 +21,21 @@ from typing import Any
 
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS
 from ovseg_ros.pipeline import class_confidence_topics
-from ovseg_ros.tools.bag_io import STORAGES, BagError, bag_storage, looks_like_bag, open_reader
+from ovseg_ros.points_stage import PointsSettings
 from ovseg_ros.tools.cli import UsageError
-from ovseg_ros.tools.replay_points import DepthOptions, check_depth_topics
+from ovseg_ros.tools.replay.bag_io import (
+    STORAGES,
+    BagError,
+    bag_storage,
+    looks_like_bag,
+    open_reader,
+)
 
 PROG = "ovseg-replay"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 STRING_TYPE = "std_msgs/msg/String"
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 DEFAULT_NAMESPACE = "/ovseg"
 MAX_REPORTED_SKIPS = 20  # skipped frames reported one line each; the rest are counted
@@ -42,11 +53,22 @@ class ReplayError(UsageError):
 
 
 class ReplayAborted(RuntimeError):
-    """An unexpected error stopped the run; the output bag was closed with what was written."""
+    """An error stopped the run (the output could not be created or written, or a frame
+    raised); what was written is not a complete output. Exit code 1."""
 
     def __init__(self, message: str, stats: ReplayStats) -> None:
         super().__init__(message)
         self.stats = stats
+
+
+@dataclass(frozen=True)
+class DepthOptions:
+    """``--depth-topic``: the depth inputs of a replay run and the cloud parameters."""
+
+    depth_topic: str
+    camera_info_topic: str
+    tolerance: float = 0.02
+    settings: PointsSettings = PointsSettings()
 
 
 @dataclass(frozen=True)
@@ -98,10 +120,6 @@ class ReplayStats:
     elapsed_s: float = 0.0
 
     @property
-    def frames_total(self) -> int:
-        return self.plan.total_frames
-
-    @property
     def frames_skipped(self) -> int:
         return sum(self.skipped.values())
 
@@ -111,6 +129,12 @@ class ReplayStats:
 
 
 # -- names ---------------------------------------------------------------------------------------
+
+
+def absolute_topic(topic: str) -> str:
+    """``"cam/image"`` -> ``"/cam/image"`` (bags store absolute topic names)."""
+    topic = topic.strip()
+    return topic if topic.startswith("/") else f"/{topic}"
 
 
 def normalize_namespace(namespace: str) -> str:
@@ -126,11 +150,6 @@ def normalize_namespace(namespace: str) -> str:
                 "and not start with a digit"
             )
     return "".join(f"/{token}" for token in tokens)
-
-
-def _absolute(topic: str) -> str:
-    topic = topic.strip()
-    return topic if topic.startswith("/") else f"/{topic}"
 
 
 def confidence_topics(vocabulary: Any, names: Sequence[str]) -> dict[str, int]:
@@ -166,7 +185,7 @@ def _select_image_topics(reader: Any, requested: Sequence[str]) -> dict[str, str
         raise ReplayError(f"the bag has several image topics; choose with --image-topic: {listing}")
     types = {c.topic: c.msgtype for c in reader.connections}
     selected: dict[str, str] = {}
-    for topic in dict.fromkeys(_absolute(t) for t in requested):
+    for topic in dict.fromkeys(absolute_topic(t) for t in requested):
         if topic not in types:
             raise ReplayError(f"topic {topic} is not in the bag; image topics: {listing or 'none'}")
         if types[topic] not in IMAGE_TYPES:
@@ -176,6 +195,25 @@ def _select_image_topics(reader: Any, requested: Sequence[str]) -> dict[str, str
             )
         selected[topic] = types[topic]
     return selected
+
+
+def _check_depth_topics(reader: Any, depth: DepthOptions, image_topics: dict[str, str]) -> None:
+    """Both depth topics in the bag with the right types, and exactly one image topic (a
+    depth stream belongs to one camera)."""
+    types = {c.topic: c.msgtype for c in reader.connections}
+    for flag, topic, msgtype in (
+        ("--depth-topic", depth.depth_topic, IMAGE_TYPE),
+        ("--camera-info-topic", depth.camera_info_topic, CAMERA_INFO_TYPE),
+    ):
+        if topic not in types:
+            raise ReplayError(f"{flag} {topic} is not in the bag")
+        if types[topic] != msgtype:
+            raise ReplayError(f"{flag} {topic} is {types[topic]}, not {msgtype}")
+    if len(image_topics) != 1:
+        raise ReplayError(
+            "--depth-topic needs exactly one image topic (the color camera it is registered "
+            f"to); got {', '.join(image_topics)}"
+        )
 
 
 def _check_output(options: ReplayOptions) -> None:
@@ -195,6 +233,7 @@ def _check_output(options: ReplayOptions) -> None:
 
 
 def plan_from_reader(reader: Any, options: ReplayOptions) -> ReplayPlan:
+    """Check ``options`` against an open reader of ``options.input``."""
     if options.limit is not None and options.limit < 1:
         raise ReplayError("--limit must be >= 1")
     if options.storage is not None and options.storage not in STORAGES:
@@ -209,10 +248,7 @@ def plan_from_reader(reader: Any, options: ReplayOptions) -> ReplayPlan:
         raise ReplayError(str(exc)) from exc
     image_topics = _select_image_topics(reader, options.image_topics)
     if options.depth is not None:
-        try:
-            check_depth_topics(reader, options.depth, image_topics)
-        except UsageError as exc:
-            raise ReplayError(str(exc)) from None
+        _check_depth_topics(reader, options.depth, image_topics)
     total = sum(c.msgcount for c in reader.connections if c.topic in image_topics)
     if options.limit is not None:
         total = min(total, options.limit)
@@ -229,6 +265,7 @@ def plan_replay(options: ReplayOptions) -> ReplayPlan:
 
 
 def open_input(path: Path) -> Any:
+    """An open reader of the input bag; an unreadable bag is a :class:`ReplayError`."""
     try:
         return open_reader(path)
     except BagError as exc:

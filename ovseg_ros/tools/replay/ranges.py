@@ -1,7 +1,7 @@
 """One bag labelled in pieces: split it by bag time, label a piece into memory, write back in order.
 
 The fleet mode labels a large bag on several workers at once. Each worker runs the normal
-replay pass (:func:`ovseg_ros.tools.replay_core.replay_stream`) over one time window of the bag
+replay pass (:func:`ovseg_ros.tools.replay.core.replay_stream`) over one time window of the bag
 and collects what it would write, serialised, instead of writing a file; the driver writes
 the windows into ONE output bag in bag-time order. Windows partition the message stream by
 bag time, so the pieces put back together are what a single run writes: the same
@@ -14,19 +14,25 @@ Nothing here imports Ray: the pieces are plain picklable data, so any scheduler 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ovseg_ros.tools.bag_io import BagError, open_reader, open_writer, remove_bag
-
-STRING_TYPE = "std_msgs/msg/String"  # the type of the vocabulary topics among the outputs
-MAX_SKIP_LINES = 20
+from ovseg_ros.tools.replay.bag_io import BagError, open_reader, open_writer, remove_bag
+from ovseg_ros.tools.replay.core import replay_stream
+from ovseg_ros.tools.replay.plan import (
+    MAX_REPORTED_SKIPS,
+    STRING_TYPE,
+    ReplayOptions,
+    ReplayStats,
+    open_input,
+)
 
 
 @dataclass(frozen=True)
@@ -141,7 +147,7 @@ class RangeOutput:
     frame_range: FrameRange
     connections: list[ConnectionSpec]
     messages: list[tuple[int, int, bytes]]
-    stats: Any  # ReplayStats of the window
+    stats: ReplayStats  # of the window
     seconds: float
 
     @property
@@ -149,20 +155,14 @@ class RangeOutput:
         return sum(len(data) for _, _, data in self.messages)
 
 
-def label_range(options: Any, segmenter: Any, frame_range: FrameRange) -> RangeOutput:
+def label_range(options: ReplayOptions, segmenter: Any, frame_range: FrameRange) -> RangeOutput:
     """Label one window of ``options.input`` with ``segmenter``; nothing is written to disk.
 
-    ``options`` is a :class:`~ovseg_ros.tools.replay_plan.ReplayOptions`; its ``output`` only
-    names the result. Raises ``ReplayError`` for bad input, anything else for a failure.
+    ``options.output`` only names the result. Raises ``ReplayError`` for bad input, anything
+    else for a failure.
     """
-    from ovseg_ros.tools.replay_core import replay_stream
-    from ovseg_ros.tools.replay_plan import ReplayError
-
     started = time.perf_counter()
-    try:
-        reader = open_reader(options.input)
-    except BagError as exc:
-        raise ReplayError(str(exc)) from exc
+    reader = open_input(options.input)
     try:
         writer = CollectingWriter()
         # The window's output never exists on disk: check nothing there.
@@ -184,33 +184,18 @@ def _quiet(line: str) -> None:
     """Skip lines stay in the window's stats; the driver reports them."""
 
 
-@dataclass
-class MergedStats:
-    """Counters of a bag labelled in windows (the fields of ``ReplayStats`` the report uses)."""
-
-    frames_in: int = 0
-    frames_out: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    skip_lines: list[str] = field(default_factory=list)
-    counts: Counter[str] = field(default_factory=Counter)  # topic -> messages written
-
-    @property
-    def frames_skipped(self) -> int:
-        return sum(self.skipped.values())
-
-
 class OrderedBagWriter:
     """Writes the windows of one bag, arriving in any order, into one bag in window order.
 
     Windows that arrive early wait in memory until the ones before them are written; the
     caller bounds how many are in flight. :meth:`close` finishes the bag, :meth:`abort`
-    deletes it.
+    deletes it. ``stats``: the bag's counters, from the first window on (None before).
     """
 
     def __init__(self, path: Path, storage: str, windows: int) -> None:
         self.path, self.storage, self.windows = path, storage, windows
         self.next_index = 0
-        self.stats = MergedStats()
+        self.stats: ReplayStats | None = None
         self._waiting: dict[int, RangeOutput] = {}
         self._writer: Any = None
         self._connections: list[Any] = []
@@ -237,7 +222,12 @@ class OrderedBagWriter:
 
     def _open(self, output: RangeOutput) -> None:
         self._writer = open_writer(self.path, self.storage)
-        outputs = output.stats.topics  # output topic -> type
+        first = output.stats  # what the windows share: the plan, topics, copies
+        self.stats = dataclasses.replace(
+            first, output=self.path, frames_in=0, frames_out=0, skipped=Counter(),
+            skip_lines=[], counts=Counter(), clouds={}, elapsed_s=0.0,
+        )  # fmt: skip
+        outputs = first.topics  # output topic -> type
         for index, spec in enumerate(output.connections):
             self._connections.append(
                 self._writer.add_connection(
@@ -264,12 +254,15 @@ class OrderedBagWriter:
                 self._latched_written.add(index)
             self._writer.write(self._connections[index], timestamp, data)
             self.stats.counts[self._connections[index].topic] += 1
-        window = output.stats
-        self.stats.frames_in += window.frames_in
-        self.stats.frames_out += window.frames_out
-        self.stats.skipped.update(window.skipped)
-        room = MAX_SKIP_LINES - len(self.stats.skip_lines)
-        self.stats.skip_lines += window.skip_lines[: max(room, 0)]
+        window, stats = output.stats, self.stats
+        stats.frames_in += window.frames_in
+        stats.frames_out += window.frames_out
+        stats.skipped.update(window.skipped)
+        room = MAX_REPORTED_SKIPS - len(stats.skip_lines)
+        stats.skip_lines += window.skip_lines[: max(room, 0)]
+        stats.elapsed_s += window.elapsed_s
+        for key, count in window.clouds.items():
+            stats.clouds[key] = stats.clouds.get(key, 0) + count
         return window.frames_in
 
     def close(self) -> None:
@@ -280,12 +273,11 @@ class OrderedBagWriter:
             self._writer.close()
 
     def abort(self) -> None:
-        """Close and delete whatever was written."""
+        """Stop and delete whatever was written (never raises: the caller reports its own
+        error)."""
         self._waiting.clear()
         if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception:  # the bag is deleted anyway
-                pass
-        if self.path.exists():
-            remove_bag(self.path)
+            self._writer.abort()
+        with contextlib.suppress(BagError, OSError):
+            if self.path.exists():
+                remove_bag(self.path)
