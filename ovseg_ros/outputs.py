@@ -117,6 +117,13 @@ MONO8_MAX_ENTRIES = 256  # label ids 0..255 fit in mono8
 MONO16_MAX_ENTRIES = 65536
 
 _NOT_TOKEN = re.compile(r"[^a-z0-9_]+")
+_NAME_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_name_token(name: str) -> bool:
+    """Whether ``name`` can be one part of a ROS name: letters, digits and single
+    underscores, not starting with a digit (a camera name, a namespace part)."""
+    return bool(_NAME_TOKEN.fullmatch(name)) and "__" not in name
 
 
 def labels_image(labels: np.ndarray, num_entries: int) -> tuple[str, np.ndarray]:

@@ -282,11 +282,11 @@ def test_cli_interrupt_keeps_partial_metrics(tmp_path, built_segmenters, monkeyp
     calls = []
     real_segment = Segmenter.segment
 
-    def interrupted_on_second_frame(self, rgb):  # Ctrl-C arriving during the second image
+    def interrupted_on_second_frame(self, rgb, **kwargs):  # Ctrl-C during the second image
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_segment(self, rgb)
+        return real_segment(self, rgb, **kwargs)
 
     monkeypatch.setattr(Segmenter, "segment", interrupted_on_second_frame)
     out = tmp_path / "out"

@@ -1,7 +1,7 @@
 """The evaluation loop: segment a data set's images, add them to the metrics, time the engine.
 
-The segmenter is passed in (anything with ``segment(rgb)`` returning labels and timings), so
-nothing here imports the engine; progress is a callback. ``ovseg-evaluate`` runs
+The segmenter is passed in (anything with ``segment(rgb, timed=True)`` returning labels and
+stage timings), so nothing here imports the engine; progress is a callback. ``ovseg-evaluate`` runs
 :func:`evaluate` in one process; its Ray mode (:mod:`ovseg_ros.tools.fleet`) runs
 :func:`score_sample` on the actors and sums their metrics with
 :meth:`~ovseg_ros.evaluation.metrics.SegmentationMetric.merge`.
@@ -45,7 +45,7 @@ def score_sample(
     """Segment ``sample.image``, add the labels vs ``sample.gt`` [H, W] to ``metric`` and the
     engine's stage timings to ``stages``; returns the seconds ``segment`` took."""
     started = time.perf_counter()
-    result = segmenter.segment(sample.image)
+    result = segmenter.segment(sample.image, timed=True)  # per-stage times for the report
     seconds = time.perf_counter() - started
     labels = np.asarray(result.labels)
     if labels.shape != sample.gt.shape:

@@ -9,7 +9,6 @@ the image subscription is overridable the standard rclpy way
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
+from ovseg_ros.outputs import is_name_token
 from ovseg_ros.pipeline import class_confidence_topics, string_list
 from ovseg_ros.points_stage import PointsSettings
 from ovseg_ros.segmentation.budget import check_frame_memory
@@ -316,8 +316,7 @@ def topic_problem(node: Node, name: str) -> str:
     if len(full) > MAX_TOPIC_LENGTH:  # rcl's own message would not say by how much
         shown = full if len(full) <= 80 else f"{full[:40]}...{full[-30:]}"
         return (
-            f"topic {shown} has {len(full)} characters, over the {MAX_TOPIC_LENGTH} the rmw "
-            "accepts"
+            f"topic {shown} has {len(full)} characters, over the {MAX_TOPIC_LENGTH} the rmw accepts"
         )
     try:
         node.resolve_topic_name(name)
@@ -354,7 +353,6 @@ def check_budget(node: Node, config: SegmenterConfig, classes: list[str]) -> Non
 
 
 MAX_TOPIC_LENGTH = 247  # rmw: RMW_TOPIC_MAX_NAME_LENGTH = 255 - 8 (the DDS prefix and suffix)
-_NAME_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def camera_names(names: Any) -> list[str]:
@@ -364,7 +362,7 @@ def camera_names(names: Any) -> list[str]:
     for name in names:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"cameras: empty camera name in {names!r}")
-        if not _NAME_TOKEN.fullmatch(name) or "__" in name:
+        if not is_name_token(name):
             raise ValueError(
                 f"cameras: {name!r} is not a ROS name token (letters, digits and single "
                 "underscores, not starting with a digit)"

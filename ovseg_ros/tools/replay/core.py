@@ -166,7 +166,9 @@ def _replay_messages(
     )
     groups = add_groups(out, options, stats.plan, output_plan)
     copies = add_copies(out, reader, stats) if options.copy_input else {}
-    aligner = DepthAligner(options.depth, out.typestore) if options.depth is not None else None
+    aligner = None
+    if options.depth is not None:
+        aligner = DepthAligner(options.depth, out.typestore, options.max_image_pixels or 2**62)
     processor = FrameProcessor(
         segmenter, out, output_plan, stats, log, options.max_image_pixels, aligner
     )

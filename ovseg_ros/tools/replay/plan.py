@@ -11,7 +11,6 @@ the plan.
 from __future__ import annotations
 
 import math
-import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS
+from ovseg_ros.outputs import is_name_token
 from ovseg_ros.pipeline import class_confidence_topics
 from ovseg_ros.points_stage import PointsSettings
 from ovseg_ros.tools.cli import UsageError
@@ -39,8 +39,6 @@ CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 DEFAULT_NAMESPACE = "/ovseg"
 MAX_REPORTED_SKIPS = 20  # skipped frames reported one line each; the rest are counted
-
-_NAME_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def stderr_log(line: str) -> None:
@@ -144,10 +142,10 @@ def normalize_namespace(namespace: str) -> str:
         return ""
     tokens = stripped.split("/")
     for token in tokens:
-        if not _NAME_TOKEN.fullmatch(token):
+        if not is_name_token(token):
             raise ReplayError(
-                f"invalid namespace {namespace!r}: each part must be letters, digits or '_' "
-                "and not start with a digit"
+                f"invalid namespace {namespace!r}: each part must be letters, digits and "
+                "single '_', not starting with a digit"
             )
     return "".join(f"/{token}" for token in tokens)
 

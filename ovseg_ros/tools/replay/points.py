@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS
 from ovseg_ros.outputs import CAMERA_INFO, POINTS, CameraInfoOutput
 from ovseg_ros.pipeline import FrameResult
 from ovseg_ros.points_stage import PointsStage
@@ -33,9 +34,12 @@ MAX_WAITING = 8  # color frames held back waiting for their depth partner
 class DepthAligner:
     """Depth / camera_info messages into the stage; color frames held until pairable."""
 
-    def __init__(self, options: DepthOptions, typestore: Any) -> None:
+    def __init__(
+        self, options: DepthOptions, typestore: Any, max_pixels: int = MAX_IMAGE_PIXELS
+    ) -> None:
         self.options, self.typestore = options, typestore
-        self.stage = PointsStage(options.tolerance, options.settings)
+        # Depth images obey --max-image-pixels like the color frames (refused, counted).
+        self.stage = PointsStage(options.tolerance, options.settings, max_pixels=max_pixels)
         self._waiting: deque[tuple[int, tuple]] = deque()  # (color stamp, frame args)
         self._latest_depth_ns: int | None = None
 
