@@ -276,8 +276,7 @@ def test_one_input_transport_at_a_time(tester, ovseg, jpeg_node) -> None:
     # A subscription replaced by the QoS follower stays in the graph for its grace period
     # (ros/retire.py): wait for the graph to settle rather than read it once.
     assert wait_until(
-        lambda: (_subscribers(ovseg, "/image"), _subscribers(ovseg, "/image/compressed"))
-        == (1, 0),
+        lambda: (_subscribers(ovseg, "/image"), _subscribers(ovseg, "/image/compressed")) == (1, 0),
         5,
     )
     assert _subscribers(jpeg_node, "/cam_x/image") == 0

@@ -11,8 +11,8 @@ import pytest
 from ovseg_ros.image_conversion import ImageConversionError, ImageTooLargeError
 from ovseg_ros.log_throttle import KindThrottle, problem_kind, suppressed_note
 from ovseg_ros.ros.diagnostics import NodeInfo, segmentation_status
-from ovseg_ros.ros.vocabulary_updater import Pending, VocabularyUpdater, pending_info
 from ovseg_ros.ros.stats import StatsSnapshot
+from ovseg_ros.ros.vocabulary_updater import Pending, VocabularyUpdater, pending_info
 from ovseg_ros.segmentation import build_segmenter, tiny_config
 
 pytestmark = pytest.mark.timeout(300)
