@@ -49,6 +49,17 @@ def spin_in_thread(node: Node, context: Context, threads: int = 1) -> Executor:
     return executor
 
 
+def spin_segment_node(node: Node, context: Context) -> Executor:
+    """The node's own executor (:class:`~ovseg_ros.ros.executor.NodeExecutor`, as
+    ``segment_node`` runs it) spinning ``node`` on a daemon thread."""
+    from ovseg_ros.ros.executor import NodeExecutor
+
+    executor = NodeExecutor(context=context)
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    return executor
+
+
 def segment_node(context: Context, overrides: dict, *ros_args: str, **kwargs):
     """``SegmentNode`` in this process with parameter ``overrides`` and command-line
     ``ros_args`` (``-r`` remaps, ``--params-file``); ``kwargs``: node name, namespace."""
@@ -71,9 +82,9 @@ def stop_node(node, executor: Executor) -> None:
 
 @contextmanager
 def running_segment_node(context: Context, overrides: dict, *ros_args: str, **kwargs):
-    """:func:`segment_node` spinning on a 4-thread executor until the block ends."""
+    """:func:`segment_node` spinning on its own executor until the block ends."""
     node = segment_node(context, overrides, *ros_args, **kwargs)
-    executor = spin_in_thread(node, context, threads=4)
+    executor = spin_segment_node(node, context)
     try:
         yield node
     finally:

@@ -32,6 +32,7 @@ TINY = {"preset": "tiny", "device": "cpu", "templates": "single"}
 # /ovseg/<name>/confidence/<class> topics do not.
 LONG = "c" * 226
 A_LABELS = "/ovseg/a/labels"
+FRAME_COUNTS = ("frames_received", "frames_processed", "frames_dropped")
 
 
 def _refused(result) -> str:
@@ -52,6 +53,7 @@ def two_cameras(domain, tmp_path_factory):
     client = NodeClient.on_domain(domain, image_topic="/a/image", labels="stamps")
     client.track_stamps(A_LABELS)
     client.track_stamps(f"/ovseg/{LONG}/labels")
+    client.subscribe(DiagnosticArray, "/diagnostics")
     try:
         wait_for(lambda: client.publisher_count(A_LABELS) > 0, 120, "the node", node)
         wait_for(lambda: client.state() == "active", 60, "activation", node)
@@ -154,7 +156,12 @@ def test_a_flooding_camera_does_not_starve_another(two_cameras, tmp_path) -> Non
     time.sleep(3.0)
     slow = client.arrivals(slow_topic)
     labelled = [s for s in slow_sent if s in slow]
-    assert len(labelled) >= 0.9 * len(slow_sent), (len(labelled), len(slow_sent))
+    counts = {  # camera -> (received, processed, dropped), for the failure message
+        status.name[:24]: [kv.value for kv in status.values if kv.key in FRAME_COUNTS]
+        for array in client.messages("/diagnostics")[-2:]
+        for status in array.status
+    }
+    assert len(labelled) >= 0.9 * len(slow_sent), (len(labelled), len(slow_sent), counts)
     assert len(client.arrivals(A_LABELS)) > 0  # the flood is served too
     client.node.destroy_publisher(slow_pub)
     assert node.alive()

@@ -28,6 +28,7 @@ from ros_harness import (
     ros_context,
     segment_node,
     spin_in_thread,
+    spin_segment_node,
     stop_node,
     wait_until,
 )
@@ -257,7 +258,7 @@ def _start_node(
     remaps = [a for r in remap for a in ("-r", r)]
     node = segment_node(context, {**TINY, **DEPTH, **extra}, *remaps, node_name=name)
     assert node.state_label == "active" and not node.autostart_failed
-    return node, spin_in_thread(node, context, threads=4)
+    return node, spin_segment_node(node, context)
 
 
 @pytest.fixture(scope="module")

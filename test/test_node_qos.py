@@ -19,13 +19,14 @@ import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_harness import TINY, private_domain_id, ros_context, segment_node, wait_until
 from sensor_msgs.msg import CameraInfo, Image
 
 from ovseg_ros.ros.adaptive_qos import for_publishers
 from ovseg_ros.ros.diagnostics import INPUT_LOSS_HINT
+from ovseg_ros.ros.executor import NodeExecutor
 from ovseg_ros.ros.input_loss import InputLossEstimator
 from ovseg_ros.ros.node import SegmentNode
 
@@ -122,7 +123,7 @@ def peer() -> Iterator[Peer]:
 def running_node(context, name: str, topic: str, **overrides) -> Iterator[SegmentNode]:
     node = segment_node(context, {**TINY, **overrides}, "-r", f"image:={topic}", node_name=name)
     assert node.state_label == "active"
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    executor = NodeExecutor(context=context)
     executor.add_node(node)
     errors: list[BaseException] = []
 

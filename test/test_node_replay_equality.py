@@ -22,6 +22,7 @@ from ros_harness import (
     ros_context,
     segment_node,
     spin_in_thread,
+    spin_segment_node,
     stop_node,
     wait_until,
 )
@@ -88,7 +89,7 @@ def node_outputs(context: Context, inputs: list[Image]) -> dict[str, list[bytes]
     overrides = {**TINY, "confidence_classes": CONFIDENCE_CLASSES}
     node = segment_node(context, overrides, node_name=NAME)
     assert node.state_label == "active"
-    executor = spin_in_thread(node, context, threads=4)
+    executor = spin_segment_node(node, context)
     tester = rclpy.create_node("eq_tester", context=context)
     received: dict[str, list[bytes]] = {s: [] for s in [*SUFFIXES, "vocabulary"]}
     lock = threading.Lock()

@@ -8,8 +8,10 @@ and the node shuts down with exit status 0. A lifecycle manager that retries doe
 :func:`guard_change_state` wraps the service: a transition not available in the current state,
 or asked while another transition is in progress, is answered ``success: false`` with a
 warning naming the state and the transitions that are available; the node keeps running.
-The service gets its own reentrant callback group, so a request that arrives during a long
-transition (``configure`` loads the models) is answered at once instead of being queued.
+The service gets its own :class:`~.executor.SlowCallbackGroup`: the node's executor runs it
+off the spinning thread, so a request that arrives during a long transition (``configure``
+loads the models) is answered at once instead of being queued, and frames and diagnostics
+keep flowing meanwhile.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 from lifecycle_msgs.srv import ChangeState
-from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode
+
+from ovseg_ros.ros.executor import SlowCallbackGroup
 
 
 def available_transitions(node: LifecycleNode) -> dict[int, str]:
@@ -83,6 +86,6 @@ def guard_change_state(node: LifecycleNode, warn: Callable[[str], None]) -> None
     # a transition are then answered (refused) at once, and get_state answers meanwhile.
     old_group = service.callback_group
     old_group.entities.discard(weakref.ref(service))
-    group = ReentrantCallbackGroup()
+    group = SlowCallbackGroup()
     group.add_entity(service)
     service.callback_group = group

@@ -17,9 +17,10 @@ from typing import Any
 
 import rclpy
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.signals import SignalHandlerOptions
 
+from ovseg_ros.ros.executor import NodeExecutor
 from ovseg_ros.ros.node import JOIN_TIMEOUT_S, SegmentNode
 
 
@@ -44,7 +45,7 @@ def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signals = _Signals()
     node: SegmentNode | None = None
-    executor: MultiThreadedExecutor | None = None
+    executor: NodeExecutor | None = None
     spinner: threading.Thread | None = None
     code = 0
     try:
@@ -53,7 +54,7 @@ def main(args: list[str] | None = None) -> int:
             node.get_logger().error("start-up failed (see above); exiting")
             code = 1
         elif not signals.stop.is_set():
-            executor = MultiThreadedExecutor(num_threads=4)
+            executor = NodeExecutor()
             executor.add_node(node)
             spinner = threading.Thread(target=_spin, args=(executor, signals.stop), name="ros-spin")
             spinner.start()
@@ -88,7 +89,7 @@ def main(args: list[str] | None = None) -> int:
     return code
 
 
-def _spin(executor: MultiThreadedExecutor, stop: threading.Event) -> None:
+def _spin(executor: NodeExecutor, stop: threading.Event) -> None:
     try:
         while not stop.is_set():
             try:

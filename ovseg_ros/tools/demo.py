@@ -323,18 +323,20 @@ def _name_taken(
     planner: NodeClient,
     namespace: str,
     name: str,
-    settle_s: float = 1.0,
-    least_s: float = 2.0,
-    most_s: float = 6.0,
+    settle_s: float = 1.5,
+    least_s: float = 3.0,
+    most_s: float = 10.0,
 ) -> bool:
-    """Whether a node ``namespace/name`` shows up in the graph. Discovery is asynchronous:
-    waits at least ``least_s`` and until the graph has not changed for ``settle_s`` (at most
-    ``most_s``). Best effort: the labels' stamps are checked as well (see ``_tour``)."""
+    """Whether a node ``namespace/name`` shows up: in the graph's node names, or as a
+    publisher of its ``~/vocabulary`` (which every running node has). Discovery is
+    asynchronous and slower on a busy machine: waits at least ``least_s`` and until the graph
+    has not changed for ``settle_s`` (at most ``most_s``). Best effort: the labels' stamps are
+    checked as well (see ``_tour``)."""
     start = last_change = time.monotonic()
     graph = None
     while True:
         names = planner.node_names()
-        if (name, namespace) in names:
+        if (name, namespace) in names or planner.publisher_count(planner.vocabulary_topic):
             return True
         now = time.monotonic()
         if names != graph:
