@@ -33,6 +33,7 @@ setup(
         "test": [
             "pytest",
             "pytest-timeout",
+            "pytest-xdist",  # the suite runs on two workers (pyproject.toml)
             "kornia",
             "ruff",
             "tqdm",

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ovseg_ros.image_header import HeaderError, HeaderTooLargeError, compressed_image_size
-from ovseg_ros.segmentation.geometry import MAX_IMAGE_SIDE  # the engine's limit, re-exported
+from ovseg_ros.segmentation.config import MAX_IMAGE_SIDE  # the engine's limit, re-exported
 
 _LOG = logging.getLogger("ovseg_ros.image_conversion")
 

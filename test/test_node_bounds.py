@@ -47,12 +47,17 @@ def domain() -> int:
 
 @pytest.fixture(scope="module")
 def two_cameras(domain, tmp_path_factory):
-    """A node with cameras ``a`` and :data:`LONG`, and its client."""
+    """One node for the whole module (each start costs seconds of imports): cameras ``a``
+    and :data:`LONG`, depth on, images and depth limited to 320x240 pixels; and its client,
+    whose camera is ``a``. The last test shuts it down."""
     log = tmp_path_factory.mktemp("bounds") / "node.log"
-    node = NodeProcess(child_env(domain), log, {**TINY, "cameras": ["a", LONG]})
+    params = {**TINY, "cameras": ["a", LONG], "depth": True, "max_image_pixels": 320 * 240}
+    node = NodeProcess(child_env(domain), log, params)
     client = NodeClient.on_domain(domain, image_topic="/a/image", labels="stamps")
     client.track_stamps(A_LABELS)
     client.track_stamps(f"/ovseg/{LONG}/labels")
+    client.subscribe(CameraInfo, "/ovseg/a/camera_info")
+    client.subscribe(PointCloud2, "/ovseg/a/points")  # clouds are built only when wanted
     client.subscribe(DiagnosticArray, "/diagnostics")
     try:
         wait_for(lambda: client.publisher_count(A_LABELS) > 0, 120, "the node", node)
@@ -63,10 +68,9 @@ def two_cameras(domain, tmp_path_factory):
         node.stop()
 
 
-def _labelled(client: NodeClient, sec: int, topic: str = "", timeout: float = 30.0) -> bool:
-    """Publish frames from ``sec`` on until one is labelled on ``topic`` (default: the
-    client's labels topic); a busy node drops some."""
-    topic = topic or client.labels_topic
+def _labelled(client: NodeClient, sec: int, topic: str = A_LABELS, timeout: float = 30.0) -> bool:
+    """Publish frames from ``sec`` on until one is labelled on ``topic``; a busy node drops
+    some."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         client.image_pub.publish(stamped_frame(sec))
@@ -167,25 +171,6 @@ def test_a_flooding_camera_does_not_starve_another(two_cameras, tmp_path) -> Non
     assert node.alive()
 
 
-@pytest.fixture(scope="module")
-def depth_node(domain, tmp_path_factory):
-    """A node with depth, images and depth limited to 320x240 pixels."""
-    log = tmp_path_factory.mktemp("bounds_depth") / "node.log"
-    params = {**TINY, "depth": True, "max_image_pixels": 320 * 240}
-    node = NodeProcess(child_env(domain), log, params, ("-r", "__node:=ovseg_rgbd"))
-    client = NodeClient.on_domain(domain, "ovseg_rgbd", image_topic="/image", labels="stamps")
-    client.subscribe(CameraInfo, "/ovseg_rgbd/camera_info")
-    client.subscribe(PointCloud2, "/ovseg_rgbd/points")  # clouds are built only when wanted
-    client.subscribe(DiagnosticArray, "/diagnostics")
-    try:
-        wait_for(lambda: client.publisher_count(client.labels_topic) > 0, 120, "the node", node)
-        wait_for(lambda: client.state() == "active", 60, "activation", node)
-        yield node, client
-    finally:
-        client.close()
-        node.stop()
-
-
 def domain_of(client: NodeClient) -> int:
     return client.context.get_domain_id()
 
@@ -209,21 +194,21 @@ def _depth(sec: int, width: int, height: int) -> Image:
 def _points_values(client: NodeClient) -> dict[str, str]:
     for array in reversed(client.messages("/diagnostics")):
         for status in array.status:
-            if status.name == "ovseg_rgbd: points":
+            if status.name == "ovseg: points a":
                 return {kv.key: kv.value for kv in status.values}
     return {}
 
 
-def test_a_camera_info_flood_neither_stalls_labels_nor_is_republished(depth_node) -> None:
+def test_a_camera_info_flood_neither_stalls_labels_nor_is_republished(two_cameras) -> None:
     """camera_info with a million D values at ~10 Hz beside a 5 Hz camera: refused by its
     length, never on ~/camera_info; >= 90% of the frames labelled or dropped for a newer one.
     Then degenerate intrinsics: refused the same way."""
-    node, client = depth_node
+    node, client = two_cameras
     # The flood comes from its own participant, as from another process: 80 MB/s of reliable
     # camera_info through this client's participant would hold up its own camera's frames.
     attacker = NodeClient.on_domain(domain_of(client), image_topic=None, client_name="attacker")
-    info_pub = attacker.node.create_publisher(CameraInfo, "/camera_info", 10)
-    depth_pub = client.node.create_publisher(Image, "/depth", 10)
+    info_pub = attacker.node.create_publisher(CameraInfo, "/a/camera_info", 10)
+    depth_pub = client.node.create_publisher(Image, "/a/depth", 10)
     wait_for(lambda: info_pub.get_subscription_count() > 0, 30, "camera_info subscription")
     flood = _info(64, 48, d=np.zeros(1_000_000))
     before = client.fresh_diagnostics()
@@ -237,12 +222,12 @@ def test_a_camera_info_flood_neither_stalls_labels_nor_is_republished(depth_node
         client.image_pub.publish(stamped_frame(sec))
         sent.append(sec * 10**9)
     diag = client.settled_diagnostics(time.time_ns())
-    labelled = [s for s in sent if s in client.arrivals(client.labels_topic)]
+    labelled = [s for s in sent if s in client.arrivals(A_LABELS)]
     dropped = int(diag["frames_dropped"]) - int(before["frames_dropped"])
     counts = {k: v for k, v in diag.items() if "frames" in k}
     assert len(labelled) + dropped >= 0.9 * len(sent), (len(labelled), dropped, counts)
     assert len(labelled) >= 0.5 * len(sent)
-    assert client.messages("/ovseg_rgbd/camera_info") == []  # the bad model is never republished
+    assert client.messages("/ovseg/a/camera_info") == []  # the bad model is never republished
     values = _points_values(client)
     assert int(values["clouds_skipped_bad_camera_info"]) > 0
     for k in ([1e-300, 0.0, 32.0, 0.0, 1e-300, 24.0, 0.0, 0.0, 1.0],
@@ -251,22 +236,22 @@ def test_a_camera_info_flood_neither_stalls_labels_nor_is_republished(depth_node
         time.sleep(0.2)
         depth_pub.publish(_depth(900, 64, 48))
         assert _labelled(client, 900)
-    assert client.messages("/ovseg_rgbd/camera_info") == []
+    assert client.messages("/ovseg/a/camera_info") == []
     attacker.close()
-    info_pub = client.node.create_publisher(CameraInfo, "/camera_info", 10)
+    info_pub = client.node.create_publisher(CameraInfo, "/a/camera_info", 10)
     wait_for(lambda: info_pub.get_subscription_count() > 0, 30, "camera_info subscription")
     info_pub.publish(_info(64, 48))  # a sane model is republished at once
     time.sleep(0.2)
     depth_pub.publish(_depth(950, 64, 48))
     assert _labelled(client, 950)
-    assert wait_until(lambda: client.messages("/ovseg_rgbd/camera_info"), 5)
+    assert wait_until(lambda: client.messages("/ovseg/a/camera_info"), 5)
     assert node.alive()
 
 
-def test_oversized_depth_is_refused_and_a_size_storm_returns_its_memory(depth_node) -> None:
-    node, client = depth_node
-    info_pub = client.node.create_publisher(CameraInfo, "/camera_info", 10)
-    depth_pub = client.node.create_publisher(Image, "/depth", 10)
+def test_oversized_depth_is_refused_and_a_size_storm_returns_its_memory(two_cameras) -> None:
+    node, client = two_cameras
+    info_pub = client.node.create_publisher(CameraInfo, "/a/camera_info", 10)
+    depth_pub = client.node.create_publisher(Image, "/a/depth", 10)
     wait_for(lambda: depth_pub.get_subscription_count() > 0, 30, "depth subscription")
     info_pub.publish(_info(64, 48))
     huge = _depth(1000, 4000, 3000)  # 12 M pixels, 24 MB: over max_image_pixels
@@ -300,19 +285,6 @@ def test_oversized_depth_is_refused_and_a_size_storm_returns_its_memory(depth_no
     assert _labelled(client, 5000) and node.alive()
 
 
-def test_a_lifecycle_shutdown_ends_the_process(domain, tmp_path) -> None:
-    node = NodeProcess(child_env(domain), tmp_path / "node.log", TINY, ("-r", "__node:=ovseg_end"))
-    client = NodeClient.on_domain(domain, "ovseg_end", image_topic=None)
-    try:
-        wait_for(lambda: client.state() == "active", 120, "activation", node)
-        assert client.transition(label="shutdown")
-        assert node.wait(30) == 0  # not a zombie: a supervisor can restart it
-        assert "finalized by a lifecycle shutdown" in node.log()
-    finally:
-        client.close()
-        node.stop()
-
-
 def test_a_camera_name_too_long_for_the_rmw_fails_configure_with_the_reason(
     domain, tmp_path
 ) -> None:
@@ -323,3 +295,11 @@ def test_a_camera_name_too_long_for_the_rmw_fails_configure_with_the_reason(
         assert "characters" in node.log() and "cameras" in node.log(), node.tail()
     finally:
         node.stop()
+
+
+def test_a_lifecycle_shutdown_ends_the_process(two_cameras) -> None:
+    """Last: it ends the module's node."""
+    node, client = two_cameras
+    assert client.transition(label="shutdown")
+    assert node.wait(30) == 0  # not a zombie: a supervisor can restart it
+    assert "finalized by a lifecycle shutdown" in node.log()

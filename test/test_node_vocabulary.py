@@ -1,7 +1,7 @@
 """Vocabulary changes off the frame path, against ``segment_node`` running as a process.
 
 A ``classes`` change is accepted at once, encoded on its own thread (prompt templates
-``imagenet80``: seconds for 300 new names on the CPU) while frames keep being labelled with the
+``imagenet80``: seconds for 257 new names on the CPU) while frames keep being labelled with the
 current vocabulary, and takes effect between two frames, published on ``~/vocabulary`` before
 the first labels that use it. A newer change supersedes a pending one. ``/diagnostics`` shows
 the pending version and its progress; the log says how long encoding took.
@@ -20,8 +20,8 @@ from rclpy.parameter import Parameter
 from ros_harness import TINY, private_domain_id, ros_context, wait_until
 
 DOMAIN_ID = private_domain_id()
-# 80 prompts per name: encoding 300 new names takes seconds (tiny text model, CPU).
-# TLP off: it costs seconds per frame with 300 classes on the CPU.
+# 80 prompts per name: encoding 257 new names takes seconds (tiny text model, CPU).
+# TLP off: it costs seconds per frame with 257 classes on the CPU.
 # No disk cache of text embeddings: the random names would pile up in ~/.cache.
 PARAMS = {**TINY, "templates": "imagenet80", "tlp": "false", "diagnostics_period": 0.25}
 PARAMS["text_cache_dir"] = "none"
@@ -88,10 +88,10 @@ class Camera:
         self._thread.join(5)
 
 
-def test_frames_are_labelled_while_a_300_class_vocabulary_encodes(client, node) -> None:
+def test_frames_are_labelled_while_a_257_class_vocabulary_encodes(client, node) -> None:
     before = client.vocabularies()[-1]["version"]
     log_start = len(node.log())
-    classes = _new_names(300)
+    classes = _new_names(257)  # mono16 labels (more than 256), seconds of encoding
     camera = Camera(client, 10_000)
     try:
         requested = time.monotonic()
@@ -105,7 +105,7 @@ def test_frames_are_labelled_while_a_300_class_vocabulary_encodes(client, node) 
         t for t, m in client.timed("/ovseg/vocabulary") if classes[0] in m.data
     )
     new = client.vocabularies()[-1]
-    assert new["version"] == before + 1 and len(new["classes"]) == 300
+    assert new["version"] == before + 1 and len(new["classes"]) == 257
     # While it was encoding, frames kept being labelled with the old vocabulary (mono8).
     during = [
         m
@@ -123,7 +123,7 @@ def test_frames_are_labelled_while_a_300_class_vocabulary_encodes(client, node) 
     assert pending and {d["vocabulary_pending_version"] for d in pending} == {str(before + 1)}
     progress = [tuple(map(int, d["vocabulary_encoding"].split("/"))) for d in pending
                 if not d["vocabulary_encoding"].endswith("?")]  # fmt: skip
-    assert progress and all(0 < done <= total == 300 for done, total in progress), progress
+    assert progress and all(0 < done <= total == 257 for done, total in progress), progress
     # The new vocabulary takes effect afterwards, published before its first labels.
     first = client.stream_until_labels(20_000)
     assert first.encoding == "mono16" and _version_of(client.vocabularies(), first) == before + 1
@@ -132,7 +132,7 @@ def test_frames_are_labelled_while_a_300_class_vocabulary_encodes(client, node) 
     assert wait_until(lambda: not client.diagnostics()[-1].get("vocabulary_pending_version"), 5)
     log = node.log()[log_start:]
     assert "vocabulary change #" in log and "encoding in the background" in log
-    assert "encoding 300 new names took" in log, log
+    assert "encoding 257 new names took" in log, log
 
 
 def test_a_newer_change_supersedes_a_pending_one(client, node) -> None:

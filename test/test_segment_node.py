@@ -428,7 +428,7 @@ def test_valid_from_under_rapid_vocabulary_changes(
     thread = threading.Thread(target=camera, daemon=True)
     thread.start()
     try:
-        for k in range(8):
+        for k in range(6):
             (result,) = tester.set_parameters(Parameter("classes", value=big if k % 2 else small))
             assert result.successful, result.reason
             # Each change is in use before the next one (whatever the machine's speed): a

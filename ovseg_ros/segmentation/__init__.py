@@ -6,12 +6,30 @@
 >>> result = seg.segment(rgb)  # uint8 [H, W, 3] RGB
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .config import DATASETS, METHODS, SegmenterConfig, dataset_preset
-from .result import SegmentationResult
-from .segmenter import Segmenter, build_segmenter
 from .vocabulary import Vocabulary, VocabularyEntry, build_vocabulary, parse_entries
-from .vocabulary_state import PreparedVocabulary, VocabularyCancelled
 from .weights import WeightsNotFoundError
+
+# The models' side imports torch (seconds): loaded on first use, so that reading the config
+# or a vocabulary (the tools' argument parsing, the demo) does not.
+_LAZY = {
+    "SegmentationResult": ".result",
+    "Segmenter": ".segmenter",
+    "build_segmenter": ".segmenter",
+    "PreparedVocabulary": ".vocabulary_state",
+    "VocabularyCancelled": ".vocabulary_state",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def tiny_config(method: str = "pearl", **overrides) -> SegmenterConfig:

@@ -27,6 +27,7 @@ SOLVERS = ("polar", "svd")
 PRESETS = ("full", "tiny", "random")
 TEMPLATES = ("imagenet80", "single")
 FIELD_TYPES = (bool, int, float, str, list[str])
+MAX_IMAGE_SIDE = 16384  # px: the largest image side the engine takes; larger is a corrupt header
 
 __all__ = [
     "DATASETS",

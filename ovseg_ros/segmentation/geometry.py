@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 Box = tuple[int, int, int, int]  # y1, y2, x1, x2
-MAX_IMAGE_SIDE = 16384  # px; a larger side is a corrupt header, not a camera
 
 
 def rescaled_size(height: int, width: int, short_side: int, max_long_side: int) -> tuple[int, int]:

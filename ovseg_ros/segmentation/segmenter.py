@@ -22,9 +22,8 @@ from .batch import (
     pearl_tokens,
     text_aware_refine,
 )
-from .config import REBUILD_FIELDS, SegmenterConfig
+from .config import MAX_IMAGE_SIDE, REBUILD_FIELDS, SegmenterConfig
 from .geometry import (
-    MAX_IMAGE_SIDE,
     crop_windows,
     rescaled_size,
     resize_image,
