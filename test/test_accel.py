@@ -144,6 +144,7 @@ def test_cuda_graphs_option_on_a_cpu_segmenter_runs_eagerly(tiny_pearl, caplog):
     assert np.array_equal(seg.segment(frame).labels, tiny_pearl.segment(frame).labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["pearl", "lposs"])
 def test_compiled_backbone_gives_the_eager_labels(method):
     """Inductor end to end: CLIP's PEARL path; CLIP's MaskCLIP path and DINO (LPOSS). About

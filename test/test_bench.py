@@ -13,6 +13,8 @@ import pytest
 from ovseg_ros.bench import cli, estimate, scene
 from ovseg_ros.segmentation.methods import METHODS
 
+pytestmark = pytest.mark.slow  # every test runs a benchmark (in this process)
+
 REPO = Path(__file__).resolve().parents[1]
 
 STAGES = {

@@ -32,7 +32,7 @@ DOMAIN_ID = private_domain_id()
 # Build outputs and local environments in the repository are not part of the package source.
 NOT_SOURCE = {".venv", ".git", "build", "install", "log", ".pytest_cache", ".ruff_cache", ".whl"}
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _ignore(directory: str, names: list[str]) -> set[str]:

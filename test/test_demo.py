@@ -24,7 +24,7 @@ DOMAIN_ID = private_domain_id()
 LIVE_CLASSES = ["alpha thing", "beta thing"]
 DEMO_ARGS = ["--preset", "tiny", "--device", "cpu", "--frames", "6", "--rate", "3"]
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 def _env() -> dict[str, str]:

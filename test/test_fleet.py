@@ -35,6 +35,7 @@ from ovseg_ros.tools.replay.plan import ReplayOptions
 from ovseg_ros.tools.replay.ranges import OrderedBagWriter, label_range, split_ranges
 
 ray = pytest.importorskip("ray")
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 torch = pytest.importorskip("torch")
 
 CLASSES = ["sky", "person; man", "chair"]
@@ -341,11 +342,7 @@ def write_voc(root: Path, n: int = 6, h: int = 48, w: int = 64) -> None:
 
 
 def test_evaluate_on_ray_equals_single_process(local_ray, tmp_path, capsys):
-    from ovseg_ros.evaluation.datasets import build_dataset
-    from ovseg_ros.evaluation.metrics import SegmentationMetric
-    from ovseg_ros.segmentation import build_segmenter
     from ovseg_ros.tools import evaluate
-    from ovseg_ros.tools.fleet import evaluate_metric_on_ray
 
     root = tmp_path / "voc"
     write_voc(root)
@@ -360,18 +357,10 @@ def test_evaluate_on_ray_equals_single_process(local_ray, tmp_path, capsys):
     assert on_ray["num_images"] == one["num_images"] == 6
     assert on_ray["summary"] == one["summary"] and on_ray["per_class"] == one["per_class"]
 
-    # The summed confusion matrix is the single process's, count for count.
-    args = evaluate.build_parser().parse_args(flags)
-    dataset = build_dataset("voc21", root, vocabulary="lposs")
-    config = evaluate.build_config(args, {}, "maskclip").resolved()
-    segmenter = build_segmenter(config)
-    segmenter.set_vocabulary(list(dataset.classes), strict=False)
-    single = SegmentationMetric(dataset.num_classes)
-    for sample in dataset:
-        single.update(np.asarray(segmenter.segment(sample.image).labels), sample.gt)
-    merged, _, interrupted = evaluate_metric_on_ray(config, dataset, address=None, actors=2)
-    assert not interrupted and merged.num_images == 6
-    assert merged.confusion.sum() > 0
-    np.testing.assert_array_equal(merged.confusion, single.confusion)
-    np.testing.assert_array_equal(merged.boundary_intersection, single.boundary_intersection)
-    np.testing.assert_array_equal(merged.boundary_union, single.boundary_union)
+    # Per class, the same pixel counts (ground truth, predicted) and scores: the actors'
+    # metrics summed (SegmentationMetric.merge, tested count for count in test_metrics.py)
+    # are the single process's.
+    assert [(r["gt_pixels"], r["pred_pixels"]) for r in on_ray["per_class"]] == [
+        (r["gt_pixels"], r["pred_pixels"]) for r in one["per_class"]
+    ]
+    assert sum(r["pred_pixels"] for r in one["per_class"]) > 0

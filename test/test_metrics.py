@@ -319,3 +319,28 @@ def test_boundary_ignores_predictions_under_the_ignore_label():
 def test_bad_backend_name():
     with pytest.raises(ValueError, match="backend"):
         SegmentationMetric(2, backend="scipy")
+
+
+def test_merged_metrics_equal_one_metric_over_every_image():
+    """Workers (Ray actors) each score a share of the images; merging their metrics must give
+    the single-process metric count for count, invalid pixels and boundary sums included."""
+    rng = np.random.default_rng(3)
+    images = [(rng.integers(0, 5, (17, 23)), rng.integers(0, 5, (17, 23))) for _ in range(6)]
+    for _, gt in images[:2]:
+        gt[0, :3] = 255  # ignored
+        gt[1, :2] = 9  # out of range: counted as invalid
+    whole = SegmentationMetric(4, boundary=True)
+    parts = [SegmentationMetric(4, boundary=True) for _ in range(3)]
+    for i, (pred, gt) in enumerate(images):
+        whole.update(pred, gt)
+        parts[i % 3].update(pred, gt)
+    merged = SegmentationMetric(4, boundary=True)
+    for part in parts:
+        merged.merge(part)
+    np.testing.assert_array_equal(merged.confusion, whole.confusion)
+    np.testing.assert_array_equal(merged.boundary_intersection, whole.boundary_intersection)
+    np.testing.assert_array_equal(merged.boundary_union, whole.boundary_union)
+    assert (merged.num_images, merged.invalid_gt_pixels) == (6, whole.invalid_gt_pixels)
+    assert merged.compute().summary() == whole.compute().summary()
+    with pytest.raises(ValueError):
+        merged.merge(SegmentationMetric(5, boundary=True))

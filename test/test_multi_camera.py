@@ -47,7 +47,7 @@ LATCHED = QoSProfile(
     depth=16, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def pixels(camera: str, sec: int) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 
 from ovseg_ros.bench import cli, node
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(400)]
 
 RATE, DURATION = 10.0, 2.0
 

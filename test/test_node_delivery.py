@@ -29,7 +29,7 @@ CAMERA_TOPIC = "/delivery_camera/image"
 RATE_HZ, DURATION_S = 10.0, 3.0  # 30 frames per size, faster than the engine: some dropped
 SIZES = ((640, 480), (1280, 720))
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_every_frame_of_a_reliable_camera_is_labelled_or_dropped(tmp_path) -> None:

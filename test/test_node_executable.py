@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOMAIN_ID = private_domain_id()
 TINY = {"preset": "tiny", "device": "cpu", "templates": "single"}
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 # -- launch ----------------------------------------------------------------------------------------

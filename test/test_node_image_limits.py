@@ -24,7 +24,7 @@ DOMAIN_ID = private_domain_id()
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 TINY = {"preset": "tiny", "device": "cpu", "templates": "single"}
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _jpeg(sec: int) -> CompressedImage:

@@ -19,7 +19,7 @@ from sensor_msgs.msg import Image
 
 DOMAIN_ID = private_domain_id()
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")

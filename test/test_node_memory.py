@@ -22,7 +22,7 @@ CLASSES = [f"class {i}" for i in range(20)]
 WIDTH, HEIGHT = 7680, 4320  # 8K: the default max_image_pixels
 GROWTH_BOUND_MIB = 3072
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def _frame(sec: int) -> Image:

@@ -45,7 +45,7 @@ DEPTH_FRAME = "depth_optical"
 COLOR_FRAME = "color_optical"
 NAMES = [c.split(";")[0].strip() for c in DEFAULT_CLASSES]
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def color_pixels(height: int, width: int, seed: int) -> np.ndarray:

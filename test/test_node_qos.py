@@ -35,7 +35,7 @@ RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 R, BE = ReliabilityPolicy.RELIABLE, ReliabilityPolicy.BEST_EFFORT
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def make_image(stamp_ns: int, width: int = 64, height: int = 48) -> Image:

@@ -45,7 +45,7 @@ LATCHED = QoSProfile(
     depth=16, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def _mosaic_rggb(rgb: np.ndarray) -> np.ndarray:

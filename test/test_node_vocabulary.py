@@ -26,7 +26,7 @@ DOMAIN_ID = private_domain_id()
 PARAMS = {**TINY, "templates": "imagenet80", "tlp": "false", "diagnostics_period": 0.25}
 PARAMS["text_cache_dir"] = "none"
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(400)]
 
 
 @pytest.fixture(scope="module")

@@ -109,6 +109,7 @@ def _peak_growth_mb(method: str, height: int, width: int, classes: int) -> float
     return float(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_8k_frame_memory_is_linear_in_pixels_not_classes():
     """8K (7680 x 4320) with 20 classes, PEARL (TLP included): one float map of every class at
     that size alone would be 2.65 GB; the whole frame must stay well below that."""

@@ -26,6 +26,8 @@ from bag_helpers import camera_bag, decode, read_bag
 
 from ovseg_ros.tools.replay.cli import main
 
+pytestmark = [pytest.mark.slow]
+
 LONG = 150  # frames: long enough that a kill lands in the middle, whatever the machine's speed
 SHORT = 20  # frames of the bags for the other faults (~200 kB written)
 RERUN = 10  # frames a rerun after a kill labels

@@ -52,7 +52,7 @@ HISTORY = QoSProfile(
 )
 BEST_EFFORT = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 def _pixels(sec: int, width: int, height: int) -> np.ndarray:

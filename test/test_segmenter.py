@@ -30,7 +30,9 @@ def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module", params=["pearl", "maskclip", "lposs", "lposs_plus"])
 def segmenter(request):
-    seg = build_segmenter(tiny_config(request.param))
+    # The long side capped at 1024 (mmseg's cap is 2048): a 300x40 frame is still resized
+    # to an odd 1024x137 (448 would make it 3360x448, a second of LPOSS+ per frame on a CPU).
+    seg = build_segmenter(tiny_config(request.param, max_long_side=1024))
     seg.set_vocabulary(VOCAB)
     return seg
 
@@ -290,3 +292,25 @@ def test_warmup_runs_a_blank_frame():
     seg = build_segmenter(tiny_config("maskclip"))
     seg.set_vocabulary(["chair"])
     assert seg.warmup(32, 48) > 0
+
+
+def test_text_cache_is_bounded_in_bytes(tmp_path):
+    """A caller changing the classes again and again cannot grow the cache (memory or disk)
+    past its bound: the least recently used names go, never those being returned."""
+    from ovseg_ros.segmentation.text_cache import TextEmbeddingCache
+
+    encoded = []
+
+    def encode(names):
+        encoded.extend(names)
+        return torch.ones(len(names), 8)  # 32 bytes per name
+
+    cache = TextEmbeddingCache(encode, "k", tmp_path, batch_names=4, max_bytes=10 * 32)
+    assert cache.get([f"a{i}" for i in range(6)]).shape == (6, 8)
+    assert cache.get([f"b{i}" for i in range(6)]).shape == (6, 8)  # 12 names: 2 over
+    assert cache.nbytes == 10 * 32 and cache.missing(["a0", "a1"]) == ["a0", "a1"]
+    assert cache.missing(["a2", "b5"]) == []
+    assert cache.get([f"c{i}" for i in range(20)]).shape == (20, 8)  # larger than the bound
+    assert cache.nbytes == 20 * 32  # the request's own names are kept
+    reloaded = TextEmbeddingCache(encode, "k", tmp_path, max_bytes=10 * 32)
+    assert reloaded.nbytes == 10 * 32  # the file holds what memory held, trimmed on load

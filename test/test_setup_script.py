@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 BASE_PYTHON = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
 ENSUREPIP = Path(os.__file__).parent / "ensurepip"
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _scratch_repo(tmp_path: Path) -> Path:

@@ -7,6 +7,8 @@ import textwrap
 
 import pytest
 
+pytestmark = [pytest.mark.slow]
+
 pytest.importorskip("triton")
 
 SCRIPT = textwrap.dedent(

@@ -29,6 +29,7 @@ def segmenter():
     return seg
 
 
+@pytest.mark.slow
 def test_frames_use_the_old_vocabulary_while_300_classes_encode(segmenter):
     seg = segmenter
     seg.set_vocabulary(OLD)

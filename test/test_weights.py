@@ -46,6 +46,7 @@ def test_sources_name_the_hub_files():
     ]
 
 
+@pytest.mark.slow
 def test_lposs_builds_from_the_hub_cache_with_the_openai_fallback(tmp_path, caplog):
     """Real-size random weights saved in the hub cache layout load through the real path."""
     import open_clip
@@ -137,6 +138,7 @@ def _build_error(config) -> str:
     return message
 
 
+@pytest.mark.slow
 def test_unusable_weights_files_give_one_line_naming_the_file(tmp_path):
     base = SegmenterConfig(method="pearl", device="cpu", clip_pretrained="openai")
     evil = evil_pickle(tmp_path / "evil.pt")
@@ -199,6 +201,7 @@ def test_download_weights_reports_an_unusable_cached_file_and_exits_1(tmp_path, 
     assert code == 1 and "truncated or corrupt safetensors" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_download_weights_offline_says_so_at_once(tmp_path):
     """HF_HUB_OFFLINE=1: one clear line and exit 1, in a fresh process (no retries)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}

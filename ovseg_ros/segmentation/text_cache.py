@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,6 +21,9 @@ import torch
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"  # bump when the way embeddings are computed changes
+# In memory and on disk: ~32k names of ViT-B/16's 512 floats. A caller changing the classes at
+# runtime again and again cannot grow it further: the least recently used names go.
+MAX_CACHE_BYTES = 64 * 2**20
 
 
 def default_cache_dir() -> Path:
@@ -45,6 +49,8 @@ class TextEmbeddingCache:
         key: identifies the model weights and prompt templates (a different key never hits).
         directory: where the safetensors file lives; ``None`` keeps the cache in memory only.
         batch_names: names per call of ``encode`` (each is ``templates`` prompts).
+        max_bytes: the embeddings kept (least recently used first out; never those of the
+            names a ``get`` is returning).
     """
 
     def __init__(
@@ -54,14 +60,16 @@ class TextEmbeddingCache:
         directory: Path | None,
         *,
         batch_names: int = 64,
+        max_bytes: int = MAX_CACHE_BYTES,
     ) -> None:
         self._encode = encode
         self.batch_names = max(1, int(batch_names))
+        self.max_bytes = int(max_bytes)
         self._lock = threading.Lock()
         self.key = key
         digest = hashlib.sha256(f"{FORMAT_VERSION}|{key}".encode()).hexdigest()[:16]
         self.path = None if directory is None else Path(directory) / f"text-{digest}.safetensors"
-        self._memory: dict[str, torch.Tensor] = {}
+        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()  # oldest use first
         self.last_encoded: list[str] = []  # names the last ``get`` had to encode
         self._load()
 
@@ -98,11 +106,34 @@ class TextEmbeddingCache:
                         self._memory[name] = emb.clone()
                 if progress is not None:
                     progress(start + len(batch), len(missing))
-        finally:
+        except BaseException:
             if missing:
-                self._save()
+                self._save()  # the names encoded before the failure stay cached
+            raise
         with self._lock:
-            return torch.stack([self._memory[n] for n in names])
+            for name in names:
+                self._memory.move_to_end(name)
+            embeddings = torch.stack([self._memory[n] for n in names])
+            self._evict(keep=len(set(names)))
+        if missing:
+            self._save()
+        return embeddings
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the embeddings held in memory."""
+        with self._lock:
+            return sum(e.element_size() * e.nelement() for e in self._memory.values())
+
+    def _evict(self, keep: int) -> None:
+        """Drop the least recently used names beyond ``max_bytes`` (lock held), keeping at
+        least the ``keep`` most recent ones (the request being answered)."""
+        if not self._memory:
+            return
+        per_name = next(iter(self._memory.values())).nelement() * 4
+        limit = max(keep, self.max_bytes // max(per_name, 1))
+        while len(self._memory) > limit:
+            self._memory.popitem(last=False)
 
     def _load(self) -> None:
         if self.path is None or not self.path.is_file():
@@ -117,6 +148,8 @@ class TextEmbeddingCache:
                 names = json.loads(meta["names"])
                 table = handle.get_tensor("embeddings")
             self._memory.update({n: table[i].clone() for i, n in enumerate(names)})
+            with self._lock:
+                self._evict(keep=0)
         except Exception as exc:  # noqa: BLE001 - a corrupt cache is rebuilt, never fatal
             log.warning("ignoring unreadable text cache %s: %s", self.path, exc)
 
