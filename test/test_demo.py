@@ -133,10 +133,19 @@ def test_demo_on_the_robots_domain_is_separated_by_its_namespace(robot: LiveRobo
 
 
 def test_demo_refuses_a_namespace_where_a_node_runs(robot: LiveRobot) -> None:
+    """Refused before the demo makes a node when discovery shows the robot's in time (exit
+    2); where discovery is slower than the demo's wait (a busy machine), its second check,
+    labels of frames its camera never sent, stops it before it changes any classes (exit 1).
+    Either way the robot's node is untouched."""
     done = _run_demo(*DEMO_ARGS, "--domain-id", str(DOMAIN_ID), "--namespace", "/")
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert f"a node /ovseg already runs on ROS domain {DOMAIN_ID}" in done.stderr
-    assert "loading" not in done.stdout + done.stderr  # refused before the node was made
+    out = done.stdout + done.stderr
+    if done.returncode == 2:
+        assert f"a node /ovseg already runs on ROS domain {DOMAIN_ID}" in done.stderr, out
+        assert "loading" not in out  # refused before the node was made
+    else:
+        assert done.returncode == 1, out
+        assert "stopping before it is asked to change its classes" in done.stderr, out
+        assert "[planner] vocabulary v2" not in out  # it never changed the classes
     assert robot.classes() == LIVE_CLASSES
 
 
