@@ -1,4 +1,9 @@
-"""Session-wide pytest hooks.
+"""Session-wide pytest settings and hooks.
+
+Each test process, and every child it starts (nodes, replay, Ray actors inherit the
+environment), computes on one thread: the suite runs two workers on a 2-core machine, and
+OpenMP threads of several processes on the same cores spin waiting for each other (the
+suite's CPU time fell from 10.1 to 8.5 minutes with one thread). A variable set wins.
 
 rclpy (Jazzy, pip wheels) can abort the interpreter at exit with "terminate called without an
 active exception" (ros2/rclpy#1484): a C++ destructor of the DDS/rcl layer meets a thread that
@@ -12,6 +17,9 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")  # before torch is imported by any test module
 
 _exit_status: list[int] = []
 

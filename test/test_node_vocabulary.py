@@ -20,10 +20,12 @@ from rclpy.parameter import Parameter
 from ros_harness import TINY, private_domain_id, ros_context, wait_until
 
 DOMAIN_ID = private_domain_id()
-# 80 prompts per name: encoding 257 new names takes seconds (tiny text model, CPU).
+# 80 prompts per name: encoding 257 new names still takes seconds with the smallest tiny
+# models (width 32, one layer: a quarter of the default tiny's text work, or less).
 # TLP off: it costs seconds per frame with 257 classes on the CPU.
 # No disk cache of text embeddings: the random names would pile up in ~/.cache.
 PARAMS = {**TINY, "templates": "imagenet80", "tlp": "false", "diagnostics_period": 0.25}
+PARAMS.update(tiny_width=32, tiny_layers=1)
 PARAMS["text_cache_dir"] = "none"
 
 pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(400)]

@@ -51,7 +51,14 @@ def test_every_method_segments_odd_shapes(segmenter, h, w):
     assert np.array_equal(res.labels, res.probabilities.argmax(0))
     assert np.abs(res.confidence - res.probabilities.max(0)).max() <= 1e-6
     for index in range(3):
-        assert np.abs(res.probability_of(index) - res.probabilities[index]).max() <= 1e-6
+        # One entry upsampled alone vs all at once (and the thread count) round the scores
+        # differently by a few ulps; softmax(logit_scale * s) turns that into at most
+        # logit_scale * ulps of probability: ~1e-6 for PEARL's cosines, ~1e-3 for LPOSS+'s
+        # propagated scores (up to ~150).
+        ulp = np.spacing(np.float32(np.abs(res._scores.numpy()).max()))
+        single = res.probability_of(index)
+        assert np.abs(single - res.probabilities[index]).max() <= 1e-6 + 40 * 8 * ulp
+        assert single.max() <= 1.0
     assert res.vocabulary.names == ["background", "person", "chair"]
     assert set(res.timings) == {"total"} and res.timings["total"] > 0  # untimed: total only
 
@@ -212,15 +219,22 @@ def test_missing_weights_fail_at_once_with_instructions(tmp_path):
         build_segmenter(SegmenterConfig(device="cpu", clip_weights=str(tmp_path / "nope.pt")))
 
 
-def test_dino_weights_missing_is_named(tmp_path):
+@pytest.fixture(scope="module")
+def clip_checkpoint(tmp_path_factory):
+    """A full ViT-B/16 CLIP state dict (random) as safetensors, made once: ``(path, conv1)``."""
     import open_clip
-
-    # Give CLIP a real (random) checkpoint file so the DINO lookup is what fails.
-    model = open_clip.create_model("ViT-B-16", pretrained=None, require_pretrained=False)
     from safetensors.torch import save_file
 
-    path = tmp_path / "clip.safetensors"
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-16", pretrained=None, require_pretrained=False)
+    path = tmp_path_factory.mktemp("clip") / "clip.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path, model.state_dict()["visual.conv1.weight"].clone()
+
+
+def test_dino_weights_missing_is_named(clip_checkpoint, tmp_path):
+    # Give CLIP a real (random) checkpoint file so the DINO lookup is what fails.
+    path, _ = clip_checkpoint
     cfg = SegmenterConfig(
         method="lposs", device="cpu", clip_weights=str(path), weights_cache_dir=str(tmp_path)
     )
@@ -228,18 +242,11 @@ def test_dino_weights_missing_is_named(tmp_path):
         build_segmenter(cfg)
 
 
-def test_local_clip_checkpoint_loads_through_the_real_path(tmp_path):
+def test_local_clip_checkpoint_loads_through_the_real_path(clip_checkpoint):
     """A full ViT-B/16 state dict saved as safetensors is loaded (weights_only path)."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-16", pretrained=None, require_pretrained=False)
-    path = tmp_path / "clip.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    path, conv1 = clip_checkpoint
     seg = build_segmenter(SegmenterConfig(method="maskclip", device="cpu", clip_weights=str(path)))
-    loaded = seg._clip.model.state_dict()
-    assert torch.equal(loaded["visual.conv1.weight"], model.state_dict()["visual.conv1.weight"])
+    assert torch.equal(seg._clip.model.state_dict()["visual.conv1.weight"], conv1)
 
 
 def test_unavailable_cuda_is_a_clear_error():

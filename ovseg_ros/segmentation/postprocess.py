@@ -245,4 +245,6 @@ def entry_probability(
         raise IndexError(f"entry {entry} out of range for {len(offsets) - 1} entries")
     size = tuple(maps.max_logit.shape)
     entries, _ = _entry_scores(scores, offsets, entry, entry + 1, size, query_to_entry)
-    return _exp_shifted(entries[0], logit_scale, maps.max_logit).div_(maps.norm)
+    # Upsampled alone, the entry's scores may differ from the chunk's by rounding (LPOSS's
+    # propagated scores reach ~20, times logit_scale 40): never a probability above 1.
+    return _exp_shifted(entries[0], logit_scale, maps.max_logit).div_(maps.norm).clamp_(max=1.0)
