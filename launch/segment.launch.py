@@ -5,21 +5,26 @@
     ros2 launch ovseg_ros segment.launch.py depth:=true   # + ~/points, ~/camera_info (RealSense)
     ros2 launch ovseg_ros segment.launch.py cameras:="['front', 'left']" \
         camera_topics:="{front: /front/camera/color/image_raw, left: /left/camera/color/image_raw}"
+    ros2 launch ovseg_ros segment.launch.py rviz:=true   # + rviz2 with config/ovseg.rviz
 
-Arguments left empty (method, classes, device, preset, image_transport) come from the params
-file (config/segment.yaml by default). With ``image_transport:=compressed`` the node subscribes
-``<image>/compressed`` only (the image_transport convention; it resolves the remapped name).
+Arguments left empty (method, classes, device, preset, image_transport, depth_transport) come
+from the params file (config/segment.yaml by default). With ``image_transport:=compressed`` the
+node subscribes ``<image>/compressed`` only (the image_transport convention; it resolves the
+remapped name); with ``depth_transport:=compressedDepth``, ``<depth_topic>/compressedDepth``.
 With ``cameras``, one node segments several cameras with one model: camera ``c`` reads
-``c/image`` (remapped by ``camera_topics``) and publishes ``~/c/labels`` etc.
+``c/image`` (remapped by ``camera_topics``) and publishes ``~/c/labels`` etc. With
+``rviz:=true``, rviz2 shows the overlay, the labelled points and the object markers
+(config/ovseg.rviz) where rviz2 is installed; without it, one line says so and the node runs.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 
 import yaml
-from launch import LaunchContext, LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch import Action, LaunchContext, LaunchDescription
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
@@ -54,6 +59,13 @@ def generate_launch_description() -> LaunchDescription:
             default_value="/camera/aligned_depth_to_color/image_raw",
             description="Depth image registered to the color image (16UC1 mm or 32FC1 m), "
             "remaps depth. The default is realsense-ros with align_depth.enable:=true.",
+        ),
+        DeclareLaunchArgument(
+            "depth_transport",
+            default_value="",
+            description="raw (subscribe depth_topic) or compressedDepth (depth_topic/"
+            "compressedDepth only, as compressed_depth_image_transport publishes it); empty: "
+            "from params_file (raw).",
         ),
         DeclareLaunchArgument(
             "camera_info",
@@ -114,8 +126,16 @@ def generate_launch_description() -> LaunchDescription:
             "fastdds_large_images.xml, camera frames over shared memory; the camera driver needs "
             "it too, see the README's 'Large images and DDS') or an XML path; empty: none.",
         ),
+        DeclareLaunchArgument(
+            "rviz",
+            default_value="false",
+            description="true: also start rviz2 with config/ovseg.rviz (overlay, labelled points, "
+            "object markers of this node) if rviz2 is installed; otherwise say so and go on.",
+        ),
     ]
-    return LaunchDescription([*arguments, OpaqueFunction(function=_segment_node)])
+    return LaunchDescription(
+        [*arguments, OpaqueFunction(function=_segment_node), OpaqueFunction(function=_rviz)]
+    )
 
 
 def _segment_node(context: LaunchContext, *args, **kwargs) -> list[Node]:
@@ -125,7 +145,7 @@ def _segment_node(context: LaunchContext, *args, **kwargs) -> list[Node]:
         return LaunchConfiguration(name).perform(context).strip()
 
     overrides: dict[str, object] = {}
-    for name in ("method", "device", "preset", "image_transport"):
+    for name in ("method", "device", "preset", "image_transport", "depth_transport"):
         if value(name):
             overrides[name] = value(name)
     if value("classes"):
@@ -165,6 +185,59 @@ def _segment_node(context: LaunchContext, *args, **kwargs) -> list[Node]:
             additional_env=_dds_env(value("dds_profile"), context),
         )
     ]
+
+
+# The topics config/ovseg.rviz shows, as the default node (/ovseg) publishes them.
+RVIZ_TOPICS = ("overlay", "points", "objects/markers")
+
+
+def _rviz(context: LaunchContext, *args, **kwargs) -> list[Action]:
+    """rviz2 with the installed config/ovseg.rviz when ``rviz`` is true and rviz2 is found;
+    its topics remapped to this node's namespace and name."""
+
+    def value(name: str) -> str:
+        return LaunchConfiguration(name).perform(context).strip()
+
+    wanted = value("rviz").lower()
+    if wanted not in _TRUE + _FALSE:
+        raise ValueError(f"rviz must be true or false, got {wanted!r}")
+    if wanted in _FALSE:
+        return []
+    config = os.path.join(FindPackageShare("ovseg_ros").perform(context), "config", "ovseg.rviz")
+    node = "/".join(p for p in (value("namespace").strip("/"), value("node_name")) if p)
+    remappings = [(f"/ovseg/{t}", f"/{node}/{t}") for t in RVIZ_TOPICS if node != "ovseg"]
+    sim_time = value("use_sim_time").lower() in _TRUE
+    if _ament_package_found("rviz2"):
+        rviz = Node(
+            package="rviz2",
+            executable="rviz2",
+            arguments=["-d", config],
+            parameters=[{"use_sim_time": sim_time}],
+            remappings=remappings,
+            output="screen",
+        )
+        return [rviz]
+    executable = shutil.which("rviz2")
+    if executable:  # on PATH without an ament index entry (a build run by hand)
+        ros_args = [a for old, new in remappings for a in ("-r", f"{old}:={new}")]
+        ros_args += ["-p", f"use_sim_time:={str(sim_time).lower()}"]
+        return [ExecuteProcess(cmd=[executable, "-d", config, "--ros-args", *ros_args])]
+    return [
+        LogInfo(
+            msg="rviz:=true, but rviz2 is not installed (sudo apt install "
+            "ros-$ROS_DISTRO-rviz2); going on without it"
+        )
+    ]
+
+
+def _ament_package_found(package: str) -> bool:
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    try:
+        get_package_prefix(package)
+    except PackageNotFoundError:
+        return False
+    return True
 
 
 def _dds_env(profile: str, context: LaunchContext) -> dict[str, str]:

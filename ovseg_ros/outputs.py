@@ -21,15 +21,17 @@ from typing import Any
 import numpy as np
 
 from ovseg_ros.points import PointCloudData, PointsError, scale_camera_info
-from ovseg_ros.segmentation.vocabulary import Vocabulary
+from ovseg_ros.segmentation.vocabulary import UINT8_LABEL_ENTRIES, Vocabulary, unlabeled_id
 from ovseg_ros.stamps import split_ns
 
 # Topic suffixes below a camera's output namespace.
 LABELS = "labels"
 CONFIDENCE = "confidence"  # also the prefix of the per-class topics "confidence/<class>"
+MASK = "mask"  # the prefix of the per-class masks "mask/<class>"
 OVERLAY = "overlay"
 POINTS = "points"
 CAMERA_INFO = "camera_info"
+LABEL_INFO = "label_info"
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,34 @@ class CameraInfoOutput:
         )
 
 
-MONO8_MAX_ENTRIES = 256  # label ids 0..255 fit in mono8
-MONO16_MAX_ENTRIES = 65536
+@dataclass(frozen=True)
+class LabelInfoOutput:
+    """A ``vision_msgs/LabelInfo`` (without its header): ``class_map`` as ``(class_id, name)``
+    per vocabulary entry (its first synonym), ``threshold`` = ``prob_threshold`` (below it a
+    pixel is unlabeled: 255 / 65535). Published with the header stamp of the vocabulary
+    version's ``valid_from`` for the camera, so tools can tell which labels it names."""
+
+    class_map: tuple[tuple[int, str], ...]
+    threshold: float
+
+    @classmethod
+    def of(cls, vocab: Vocabulary, threshold: float) -> LabelInfoOutput:
+        return cls(tuple(enumerate(vocab.names)), float(threshold))
+
+
+# vision_msgs/msg/LabelInfo and VisionClass (vision_msgs 4.x), for registering the types where
+# vision_msgs is not installed (rosbags writes them into bags from these definitions).
+LABEL_INFO_TYPE = "vision_msgs/msg/LabelInfo"
+VISION_CLASS_TYPE = "vision_msgs/msg/VisionClass"
+LABEL_INFO_DEFINITIONS = {
+    LABEL_INFO_TYPE: (
+        "std_msgs/Header header\nvision_msgs/VisionClass[] class_map\nfloat32 threshold\n"
+    ),
+    VISION_CLASS_TYPE: "uint16 class_id\nstring class_name\n",
+}
+
+
+MONO16_MAX_ENTRIES = 65535  # ids 0..65534, and 65535 for unlabeled
 
 _NOT_TOKEN = re.compile(r"[^a-z0-9_]+")
 _NAME_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -127,25 +155,32 @@ def is_name_token(name: str) -> bool:
 
 
 def labels_image(labels: np.ndarray, num_entries: int) -> tuple[str, np.ndarray]:
-    """``(encoding, array)`` for a label map: mono8 up to 256 entries, else mono16.
+    """``(encoding, array)`` for a label map: mono8 up to 254 entries, else mono16.
 
     The encoding depends on the vocabulary size, not on the labels present, so a subscriber
-    sees one encoding per vocabulary version.
+    sees one encoding per vocabulary version; its largest value, 255 or 65535
+    (:func:`~ovseg_ros.segmentation.vocabulary.unlabeled_id`), is never a class id.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be [H, W], got shape {labels.shape}")
     if num_entries < 1:
         raise ValueError(f"num_entries must be >= 1, got {num_entries}")
-    if num_entries <= MONO8_MAX_ENTRIES:
+    if num_entries <= UINT8_LABEL_ENTRIES:
         return "mono8", labels.astype(np.uint8, copy=False)
     if num_entries <= MONO16_MAX_ENTRIES:
         return "mono16", labels.astype(np.uint16, copy=False)
-    raise ValueError(f"{num_entries} classes do not fit a mono16 label image (max 65536)")
+    raise ValueError(
+        f"{num_entries} classes do not fit a mono16 label image (max {MONO16_MAX_ENTRIES})"
+    )
 
 
 def vocabulary_json(vocab: Vocabulary, valid_from: Mapping[str, int] | None = None) -> str:
-    """``{"version", "classes": [{"id", "name", "synonyms", "color"}], "valid_from"}``, one line.
+    """``{"version", "classes": [{"id", "name", "synonyms", "color"}], "unlabeled_id",
+    "valid_from"}``, one line.
+
+    ``unlabeled_id``: the label of pixels no class reaches ``prob_threshold`` on (255 in mono8
+    label images, 65535 in mono16).
 
     ``valid_from`` maps a camera name (``""`` with one camera) to the header stamp, in
     nanoseconds, of that camera's first frame labelled with this version; it is written as
@@ -153,6 +188,7 @@ def vocabulary_json(vocab: Vocabulary, valid_from: Mapping[str, int] | None = No
     ``t`` belongs to the highest version whose ``valid_from[c] <= t``.
     """
     data = vocab.to_json_dict()
+    data["unlabeled_id"] = unlabeled_id(len(vocab))
     data["valid_from"] = {
         camera: dict(zip(("sec", "nanosec"), split_ns(stamp), strict=True))
         for camera, stamp in (valid_from or {}).items()
@@ -181,7 +217,9 @@ def confidence_topic_suffix(name: str) -> str:
 def render_overlay(
     rgb: np.ndarray, labels: np.ndarray, vocab: Vocabulary, alpha: float = 0.5
 ) -> np.ndarray:
-    """Blend each pixel with its class color: ``(1 - alpha) * rgb + alpha * color``, uint8.
+    """Blend each pixel with its class color: ``(1 - alpha) * rgb + alpha * color``, uint8;
+    unlabeled pixels (:func:`~ovseg_ros.segmentation.vocabulary.unlabeled_id`) keep the
+    camera's color.
 
     One palette lookup for the whole image (no Python loop over classes or pixels).
     """
@@ -193,13 +231,20 @@ def render_overlay(
         raise ValueError(f"labels shape {labels.shape} differs from image {rgb.shape[:2]}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    palette = np.array([entry.color for entry in vocab.entries], dtype=np.uint16)
-    if labels.size and (labels.min() < 0 or labels.max() >= len(palette)):
-        raise ValueError(
-            f"labels range [{labels.min()}, {labels.max()}] outside the {len(palette)} classes"
-        )
+    n = len(vocab.entries)
+    palette = np.zeros((n + 1, 3), np.uint16)  # row n: unlabeled, drawn with weight 0
+    palette[:n] = [entry.color for entry in vocab.entries]
     # Fixed point with 8 fractional bits: exact at alpha 0 and 1, within 1 level elsewhere.
-    weight = int(round(alpha * 256))
+    weight = np.uint16(round(alpha * 256))
+    if labels.size and (labels.min() < 0 or labels.max() >= n):
+        outside = labels[(labels < 0) | (labels >= n)]
+        if not np.all(outside == unlabeled_id(n)):
+            raise ValueError(
+                f"labels range [{labels.min()}, {labels.max()}] outside the {n} classes"
+            )
+        index = np.minimum(labels, n)
+        weight = np.where(index == n, 0, weight).astype(np.uint16)[..., None]
+        labels = index
     colors = palette[labels]
     blended = rgb.astype(np.uint16) * (256 - weight) + colors * weight + 128
     return (blended >> 8).astype(np.uint8)

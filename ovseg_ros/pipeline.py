@@ -1,11 +1,13 @@
 """The frame pipeline shared by the node and ``ovseg-replay`` (no ROS needed).
 
 message -> RGB (:mod:`ovseg_ros.image_conversion`) -> ``SegmentationResult`` -> the frame's
-typed outputs (:class:`FrameResult`): image outputs (``labels``: mono8, mono16 above 256
-entries; ``confidence``: 32FC1, the winning class's probability; ``confidence/<class>``:
-32FC1, one per requested class; ``overlay``: rgb8), and with a depth side the labelled cloud
-and the camera model. The node and the replay tool only add the header, serialise and publish
-/ write, so both produce identical messages for the same frame.
+typed outputs (:class:`FrameResult`): image outputs (``labels``: mono8, mono16 from 255
+entries, the unlabeled value 255 / 65535 below ``prob_threshold``; ``confidence``: 32FC1, the
+winning class's probability; ``confidence/<class>``: 32FC1 and ``mask/<class>``: mono8 0/255,
+one per requested class; ``overlay``: rgb8), the camera model at the labels' size (from the
+camera's camera_info), and with a depth side the labelled cloud. The node and the replay tool
+only add the header, serialise and publish / write, so both produce identical messages for
+the same frame. Only the labels are always made; the rest only when wanted.
 
 Several cameras' frames go through :func:`process_frames` as one round: decoded, segmented
 by one ``segment_batch`` call, then each frame's outputs.
@@ -20,10 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from ovseg_ros.camera_info_input import CameraInfoInput
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS, ImageConversionError, message_to_rgb
 from ovseg_ros.outputs import (
+    CAMERA_INFO,
     CONFIDENCE,
     LABELS,
+    MASK,
     OVERLAY,
     POINTS,
     CameraInfoOutput,
@@ -38,10 +43,11 @@ from ovseg_ros.points_stage import PointsStage
 
 @dataclass(frozen=True)
 class OutputPlan:
-    """What a frame produces besides ``labels`` and ``confidence`` (always produced).
+    """What a frame may produce besides ``labels``, ``confidence``, ``camera_info`` and the
+    cloud.
 
-    ``class_topics``: ``"confidence/<class>"`` -> vocabulary entry index (from
-    :func:`class_confidence_topics`). ``overlay_alpha``: class color opacity; None = no overlay.
+    ``class_topics``: ``"confidence/<class>"`` and ``"mask/<class>"`` -> vocabulary entry index
+    (from :func:`class_topics`). ``overlay_alpha``: class color opacity; None = no overlay.
     """
 
     class_topics: Mapping[str, int] = field(default_factory=dict)
@@ -52,10 +58,11 @@ class OutputPlan:
 class FrameInput:
     """One camera's frame for :func:`process_frames`.
 
-    ``msg``: an Image or CompressedImage (rclpy or rosbags). ``wanted``: the optional outputs
-    someone listens to (suffixes: per-class confidences, ``overlay``, ``points``); None = all.
-    ``depth``: the camera's points stage, None without depth. Frames larger than
-    ``max_pixels`` are refused before decoding.
+    ``msg``: an Image or CompressedImage (rclpy or rosbags). ``wanted``: the outputs besides
+    ``labels`` someone listens to (suffixes: ``confidence``, per-class confidences and masks,
+    ``overlay``, ``points``, ``camera_info``); None = all. ``camera_info``: the camera's
+    camera_info input, None without one. ``depth``: the camera's points stage, None without
+    depth. Frames larger than ``max_pixels`` are refused before decoding.
     """
 
     msg: Any
@@ -64,6 +71,7 @@ class FrameInput:
     wanted: Container[str] | None = None
     max_pixels: int | None = MAX_IMAGE_PIXELS
     depth: PointsStage | None = None
+    camera_info: CameraInfoInput | None = None
 
     def wants(self, suffix: str) -> bool:
         return self.wanted is None or suffix in self.wanted
@@ -73,8 +81,9 @@ class FrameInput:
 class FrameResult:
     """A segmented frame: its RGB ``[H, W, 3]``, the engine's result and the typed outputs.
 
-    ``images`` in publishing order (labels first); ``cloud`` / ``camera_info`` only with a
-    depth side; ``warnings``: about the depth side, already throttled. ``inference_s``: the
+    ``images`` in publishing order (labels first); ``camera_info``: the camera model at the
+    labels' size once a valid one arrived; ``cloud``: only with a depth side; ``warnings``:
+    about the depth side, already throttled. ``inference_s``: the
     round's ``segment_batch`` time (what each of its frames waited for its result).
     """
 
@@ -86,6 +95,22 @@ class FrameResult:
     cloud: CloudOutput | None = None
     camera_info: CameraInfoOutput | None = None
     warnings: list[str] = field(default_factory=list)
+
+    def output_kinds(self) -> list[str]:
+        """What was made for this frame, by kind (:data:`OUTPUT_KINDS`; a kind once per
+        output, e.g. ``mask`` twice for two masks)."""
+        kinds = [image.suffix.split("/")[0] for image in self.images]
+        kinds = [f"class_{kind}" if kind == CONFIDENCE and "/" in image.suffix else kind
+                 for kind, image in zip(kinds, self.images, strict=True)]  # fmt: skip
+        if self.camera_info is not None:
+            kinds.append(CAMERA_INFO)
+        if self.cloud is not None:
+            kinds.append(POINTS)
+        return kinds
+
+
+# The kinds of output a frame can make (``FrameResult.output_kinds``), for diagnostics.
+OUTPUT_KINDS = (LABELS, CONFIDENCE, f"class_{CONFIDENCE}", MASK, OVERLAY, CAMERA_INFO, POINTS)
 
 
 def string_list(value: Any, name: str) -> list[str]:
@@ -101,10 +126,11 @@ def string_list(value: Any, name: str) -> list[str]:
     return [str(v).strip() for v in value if str(v).strip()]
 
 
-def class_confidence_topics(
-    vocabulary: Any, names: Iterable[str]
+def class_topics(
+    vocabulary: Any, names: Iterable[str], prefix: str = CONFIDENCE
 ) -> tuple[dict[str, int], list[str]]:
-    """``({"confidence/<class>": entry index}, names not in the vocabulary)``.
+    """``({"<prefix>/<class>": entry index}, names not in the vocabulary)``; ``prefix``:
+    ``confidence`` (probability images) or ``mask`` (0/255 masks).
 
     A name may be any synonym; the topic is named after the entry's first synonym
     (:func:`~ovseg_ros.outputs.confidence_topic_suffix`). When two entries map to one token
@@ -118,7 +144,7 @@ def class_confidence_topics(
         except KeyError:
             missing.append(name)
             continue
-        suffix = f"{CONFIDENCE}/{confidence_topic_suffix(vocabulary.entries[index].name)}"
+        suffix = f"{prefix}/{confidence_topic_suffix(vocabulary.entries[index].name)}"
         if suffix in topics and topics[suffix] != index:
             suffix = f"{suffix}_{index}"
         topics[suffix] = index
@@ -126,17 +152,23 @@ def class_confidence_topics(
 
 
 def image_outputs(rgb: np.ndarray, result: Any, frame: FrameInput) -> list[ImageOutput]:
-    """The image outputs of one segmented frame: labels and confidence always, per-class
-    confidences and the overlay when planned and wanted."""
+    """The image outputs of one segmented frame: labels always; confidence, per-class
+    confidences and masks, and the overlay when planned and wanted."""
     vocabulary = result.vocabulary
-    # label_ids: uint8 as they left the device (mono8 without a copy) up to 256 entries
+    # label_ids: uint8 as they left the device (mono8 without a copy) up to 254 entries
     encoding, labels = labels_image(result.label_ids, len(vocabulary))
-    outputs = [
-        ImageOutput(LABELS, labels, encoding),
-        ImageOutput(CONFIDENCE, np.ascontiguousarray(result.confidence, dtype=np.float32), "32FC1"),
-    ]
+    outputs = [ImageOutput(LABELS, labels, encoding)]
+    if frame.wants(CONFIDENCE):
+        confidence = np.ascontiguousarray(result.confidence, dtype=np.float32)
+        outputs.append(ImageOutput(CONFIDENCE, confidence, "32FC1"))
     for suffix, index in frame.plan.class_topics.items():
-        if index < len(vocabulary) and frame.wants(suffix):
+        if index >= len(vocabulary) or not frame.wants(suffix):
+            continue
+        if suffix.startswith(f"{MASK}/"):
+            mask = np.equal(result.label_ids, index).view(np.uint8)
+            mask *= 255  # 0 / 255, in place on the fresh boolean array
+            outputs.append(ImageOutput(suffix, mask, "mono8"))
+        else:
             probability = np.ascontiguousarray(result.probability_of(index), dtype=np.float32)
             outputs.append(ImageOutput(suffix, probability, "32FC1"))
     alpha = frame.plan.overlay_alpha
@@ -163,7 +195,8 @@ def process_frames(
             decoded.append(exc)
     images = [rgb for rgb in decoded if isinstance(rgb, np.ndarray)]
     started = time.perf_counter()
-    results = iter(segmenter.segment_batch(images) if images else [])
+    # Pixels below prob_threshold get the unlabeled value, not a robot's class 0.
+    results = iter(segmenter.segment_batch(images, unlabeled=True) if images else [])
     inference = time.perf_counter() - started
     out: list[FrameResult | ImageConversionError] = []
     for frame, rgb in zip(frames, decoded, strict=True):
@@ -173,12 +206,14 @@ def process_frames(
         result = next(results)
         header = frame.msg.header
         done = FrameResult(header, rgb, result, image_outputs(rgb, result, frame), inference)
+        if frame.camera_info is not None and frame.wants(CAMERA_INFO):
+            height, width = result.size
+            done.camera_info = frame.camera_info.scaled(width, height)
         if frame.depth is not None:
             depth = frame.depth.outputs(
                 header, rgb, result, segmenter.device, cloud=frame.wants(POINTS)
             )
-            done.cloud, done.camera_info = depth.cloud, depth.camera_info
-            done.warnings = depth.warnings
+            done.cloud, done.warnings = depth.cloud, depth.warnings
         out.append(done)
     return out
 

@@ -1,12 +1,13 @@
 """The points stage of one camera, shared by the node and ``ovseg-replay`` (no ROS needed).
 
-Depth frames and camera_info messages (rclpy or rosbags objects) are pushed as they arrive;
-after a color frame is segmented, :meth:`PointsStage.outputs` pairs it with the depth frame of
-nearest stamp (:class:`~ovseg_ros.points.DepthPairer`), back-projects the labels
+Depth frames (rclpy or rosbags objects) are pushed as they arrive, the camera model comes
+from the camera's :class:`~ovseg_ros.camera_info_input.CameraInfoInput`; after a color frame
+is segmented, :meth:`PointsStage.outputs` pairs it with the depth frame of nearest stamp
+(:class:`~ovseg_ros.points.DepthPairer`), back-projects the labels
 (:func:`~ovseg_ros.points.build_cloud`, on the engine's device) and returns the frame's
-:class:`DepthOutputs`: the cloud and the camera model. Bad input never raises: the cloud is
-skipped, counted by kind, and a warning is returned at most once per kind per
-``warn_interval`` (so one noisy problem does not hide another).
+:class:`DepthOutputs`: the cloud. Bad input never raises: the cloud is skipped, counted by
+kind, and a warning is returned at most once per kind per ``warn_interval`` (so one noisy
+problem does not hide another).
 """
 
 from __future__ import annotations
@@ -20,17 +21,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from ovseg_ros.camera_info_input import CameraInfoInput, CameraInfoState
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS
 from ovseg_ros.log_throttle import KindThrottle
-from ovseg_ros.outputs import CameraInfoOutput, CloudOutput
+from ovseg_ros.outputs import CloudOutput
 from ovseg_ros.points import (
-    MAX_DISTORTION_COEFFICIENTS,
     CameraModel,
+    DepthImage,
     DepthPairer,
     PointsError,
     PointsOptions,
     build_cloud,
     class_ids,
+    compressed_depth_size,
+    decode_compressed_depth,
     decode_depth,
 )
 from ovseg_ros.stamps import stamp_ns, stamp_text
@@ -48,12 +52,10 @@ DEPTH_CAPACITY = 4  # depth frames kept for pairing: no backlog
 
 @dataclass
 class DepthOutputs:
-    """The depth side of one segmented frame: its cloud (None when skipped or not wanted), the
-    camera model at the labels' size (None before a usable camera_info) and the warnings to
-    log (already throttled)."""
+    """The depth side of one segmented frame: its cloud (None when skipped or not wanted) and
+    the warnings to log (already throttled)."""
 
     cloud: CloudOutput | None = None
-    camera_info: CameraInfoOutput | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -100,11 +102,12 @@ class PointsSettings:
 
 
 class PointsStage:
-    """Depth + camera_info inputs of one camera and the cloud of each segmented frame.
+    """Depth input of one camera and the cloud of each segmented frame.
 
     Thread-safe: ``push_*`` run on the executor, :meth:`outputs` on the frame worker.
-    ``clock`` (seconds) paces the throttled warnings. ``max_pixels`` bounds the depth images
-    (the node's ``max_image_pixels``).
+    ``camera_info``: the camera's camera_info input (a new one by default; the node shares
+    the camera's). ``clock`` (seconds) paces the throttled warnings. ``max_pixels`` bounds the
+    depth images (the node's ``max_image_pixels``).
     """
 
     def __init__(
@@ -114,11 +117,12 @@ class PointsStage:
         warn_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         max_pixels: int = MAX_IMAGE_PIXELS,
+        camera_info: CameraInfoInput | None = None,
     ) -> None:
         self.pairer: DepthPairer[Any] = DepthPairer(tolerance, DEPTH_CAPACITY)
+        self.camera_info = camera_info if camera_info is not None else CameraInfoInput()
         self.max_pixels = int(max_pixels)  # larger depth images are refused before decoding
         self._refused_depth = 0
-        self._info_cache: dict[tuple, tuple[Any, Any, str]] = {}
         self.settings = settings or PointsSettings()
         self.settings.options()
         self._warnings = KindThrottle(float(warn_interval), clock)  # per kind of problem
@@ -132,7 +136,20 @@ class PointsStage:
     def push_depth(self, msg: Any) -> None:
         """Keep a depth ``sensor_msgs/Image`` for pairing (decoded only if paired); one larger
         than ``max_pixels`` by its declared size is refused and counted, never decoded."""
-        if int(msg.height) * int(msg.width) > self.max_pixels:
+        self._keep(msg, int(msg.height) * int(msg.width))
+
+    def push_compressed_depth(self, msg: Any) -> None:
+        """Keep a compressedDepth ``sensor_msgs/CompressedImage`` for pairing, as
+        :meth:`push_depth` does: refused by the size its PNG / RVL header declares (read
+        without decoding); a malformed one is kept, and skipped as bad depth if paired."""
+        try:
+            width, height = compressed_depth_size(msg.format, msg.data)
+        except PointsError:
+            width = height = 0  # the decoder says what is wrong, if it is ever paired
+        self._keep(msg, width * height)
+
+    def _keep(self, msg: Any, pixels: int) -> None:
+        if pixels > self.max_pixels:
             with self._lock:
                 self._refused_depth += 1
             return
@@ -142,25 +159,8 @@ class PointsStage:
             self._latest_depth_ns = stamp
 
     def push_camera_info(self, msg: Any) -> None:
-        """The latest ``sensor_msgs/CameraInfo``, validated once per distinct message.
-
-        Cameras repeat the same camera_info with every frame: an identical one reuses the
-        previous validation. A distortion vector longer than any model needs is refused by
-        its length alone, before any numeric work (:class:`CameraModel`).
-        """
-        key = _camera_info_key(msg)
-        with self._lock:
-            cached = self._info_cache.get(key) if key is not None else None
-        if cached is None:
-            try:
-                model = CameraModel.from_message(msg)
-                cached = (CameraInfoOutput.from_message(msg), model, "")
-            except PointsError as exc:
-                cached = (None, None, str(exc))
-            if key is not None:
-                with self._lock:
-                    self._info_cache = {key: cached}  # the latest distinct one
-        self.pairer.camera_info = cached
+        """The latest ``sensor_msgs/CameraInfo`` (see :class:`CameraInfoInput`)."""
+        self.camera_info.push(msg)
 
     def set_settings(self, settings: PointsSettings) -> None:
         """New cloud parameters, from the next frame on (validated by the caller)."""
@@ -179,24 +179,20 @@ class PointsStage:
     ) -> DepthOutputs:
         """The depth outputs of a segmented color frame with ``header``.
 
-        ``camera_info``: the latest one, scaled to the labels' size, once one was received.
         ``cloud``: when the frame has a depth partner and the inputs are valid (and
         ``cloud`` is true: nobody listening, nothing built). ``rgb``: ``uint8 [H, W, 3]``;
         ``result``: the engine's result (``labels``, ``confidence`` ``[H, W]`` and
         ``vocabulary``). Never raises for bad input.
         """
         out = DepthOutputs()
-        info = self.pairer.camera_info
-        height, width = result.labels.shape[:2]
-        if info is not None and info[1] is not None:  # the validated model only
-            out.camera_info = info[0].scaled_to(width, height)
         if not cloud:
             return out
+        info = self.camera_info.latest()
         color_ns = stamp_ns(header.stamp)
         depth_msg = self.pairer.pair(color_ns)
         skip = self._check(info, depth_msg, color_ns)
         if skip is None:
-            skip = self._cloud(info[1], depth_msg, rgb, result, device, out)
+            skip = self._cloud(info.model, depth_msg, rgb, result, device, out)
         if skip is not None:
             kind, detail = skip
             with self._lock:
@@ -210,7 +206,7 @@ class PointsStage:
         with self._lock:
             values = {
                 "depth_received": pairing["depth_received"],
-                "camera_info_received": pairing["camera_info_received"],
+                "camera_info_received": self.camera_info.received,
                 "depth_refused_too_large": self._refused_depth,
                 "depth_paired": pairing["paired"],
                 "depth_unpaired": pairing["unpaired"],
@@ -219,7 +215,9 @@ class PointsStage:
             values.update({f"clouds_skipped_{k}": n for k, n in self._skipped.items()})
         return values
 
-    def _check(self, info: Any, depth_msg: Any, color_ns: int) -> tuple[str, str] | None:
+    def _check(
+        self, info: CameraInfoState | None, depth_msg: Any, color_ns: int
+    ) -> tuple[str, str] | None:
         if depth_msg is None:
             with self._lock:
                 latest = self._latest_depth_ns
@@ -233,8 +231,8 @@ class PointsStage:
             )
         if info is None:
             return "no_camera_info", "no camera_info received yet"
-        if info[1] is None:
-            return "bad_camera_info", info[2]
+        if info.model is None:
+            return "bad_camera_info", info.error
         return None
 
     def _cloud(
@@ -247,14 +245,7 @@ class PointsStage:
         out: DepthOutputs,
     ) -> tuple[str, str] | None:
         try:
-            depth = decode_depth(
-                depth_msg.encoding,
-                depth_msg.height,
-                depth_msg.width,
-                depth_msg.step,
-                depth_msg.data,
-                depth_msg.is_bigendian,
-            )
+            depth = _decode_depth_message(depth_msg, self.max_pixels)
         except PointsError as exc:
             return "bad_depth", str(exc)
         try:
@@ -285,27 +276,9 @@ class PointsStage:
             out.warnings.append(text)
 
 
-def _camera_info_key(msg: Any) -> tuple | None:
-    """What identifies a camera_info's content (everything but the header), or None when
-    its distortion vector is too long to be worth keying (it is refused anyway)."""
-    if len(msg.d) > MAX_DISTORTION_COEFFICIENTS:
-        return None
-    roi = msg.roi
-    return (
-        int(msg.height),
-        int(msg.width),
-        str(msg.distortion_model),
-        tuple(float(v) for v in msg.d),
-        tuple(float(v) for v in msg.k),
-        tuple(float(v) for v in msg.r),
-        tuple(float(v) for v in msg.p),
-        int(msg.binning_x),
-        int(msg.binning_y),
-        (
-            int(roi.x_offset),
-            int(roi.y_offset),
-            int(roi.height),
-            int(roi.width),
-            bool(roi.do_rectify),
-        ),
-    )
+def _decode_depth_message(msg: Any, max_pixels: int) -> DepthImage:
+    """A paired depth message decoded: a ``CompressedImage`` (it has ``format``, an ``Image``
+    has not) as compressedDepth, an ``Image`` by its encoding."""
+    if hasattr(msg, "format"):
+        return decode_compressed_depth(msg.format, msg.data, max_pixels=max_pixels)
+    return decode_depth(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)

@@ -167,6 +167,18 @@ def test_domain_choice() -> None:
     assert local_discovery_env("humble") == ("ROS_LOCALHOST_ONLY", "1")
 
 
+def test_private_domains_are_reserved_across_processes() -> None:
+    """Parallel test workers draw ids at the same time: a live process's ids are never
+    handed to another (the collision that once let one worker's planner reconfigure another
+    worker's node)."""
+    here = {private_domain_id() for _ in range(20)}
+    code = "from ovseg_ros.harness.domain import private_domain_id as p\n"
+    code += "print([p() for _ in range(20)])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    there = set(eval(out.stdout))
+    assert len(here) == len(there) == 20 and not here & there
+
+
 def test_bad_namespace_is_a_usage_error(capsys) -> None:
     assert demo.main(["--namespace", "not a namespace"]) == 2
     assert "error:" in capsys.readouterr().err

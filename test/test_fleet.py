@@ -202,15 +202,9 @@ def damaged(tmp_path_factory) -> Path:
     return bags
 
 
-@pytest.mark.parametrize("mode", ["here", "ray"])
-def test_a_damaged_bag_fails_alone_and_is_reported(mode, damaged, args, tmp_path, request):
-    ray_flags = []
-    if mode == "ray":
-        request.getfixturevalue("local_ray")
-        # One actor is enough to show a failure stays its bag's (each costs seconds to start).
-        ray_flags = ["--ray", "--actors", "1", "--range-frames", "2"]
-    out = tmp_path / "out"
-    assert main([str(damaged), "--output-dir", str(out), *args, *ray_flags]) == 1
+def check_damaged_report(out: Path) -> None:
+    """The damaged bags' outcome: delta done without its broken frame, echo and foxtrot
+    failed with their reasons, nothing of theirs written."""
     report = load_report(out)
     delta, echo, foxtrot = report["delta"], report["echo"], report["foxtrot"]
     assert (delta["status"], delta["frames_in"], delta["frames_labelled"]) == ("done", 3, 2)
@@ -219,9 +213,17 @@ def test_a_damaged_bag_fails_alone_and_is_reported(mode, damaged, args, tmp_path
     assert echo["attempts"] == 0  # never started: the bag cannot be opened
     assert foxtrot["status"] == "failed" and "Truncated record" in foxtrot["error"]
     assert foxtrot["attempts"] == 3  # --retries 2
-    assert sorted(p.name for p in out.iterdir()) == ["delta_ovseg", "ovseg-replay-report.json"]
+    assert not (out / "echo_ovseg").exists() and not (out / "foxtrot_ovseg").exists()
     messages, _ = read_bag(out / "delta_ovseg")
     assert [decode(raw).header.stamp.sec for _, raw in messages["/ovseg/labels"]] == [4000, 4002]
+
+
+def test_a_damaged_bag_fails_alone_and_is_reported(damaged, args, tmp_path):
+    """Here; on Ray in test_many_bags_on_ray_equal_single_runs (one Ray run for both)."""
+    out = tmp_path / "out"
+    assert main([str(damaged), "--output-dir", str(out), *args]) == 1
+    check_damaged_report(out)
+    assert sorted(p.name for p in out.iterdir()) == ["delta_ovseg", "ovseg-replay-report.json"]
 
 
 def _wait_for(predicate, seconds: float = 120.0) -> None:
@@ -296,25 +298,31 @@ def assert_each_frame_count(path: Path, frames: int) -> None:
 # -- on Ray -----------------------------------------------------------------------------------
 
 
-def test_many_bags_on_ray_equal_single_runs(local_ray, fleet, args, tmp_path, capsys):
-    """Three bags (a directory, a bag, a glob) in windows of 2 frames on 2 CPU actors."""
+def test_many_bags_on_ray_equal_single_runs(local_ray, fleet, damaged, args, tmp_path, capsys):
+    """Three bags (a directory, a bag, a glob) in windows of 2 frames on 2 CPU actors, equal
+    to single runs; beside them the damaged bags fail alone, as here (one Ray run: each costs
+    its actors' start)."""
     bags, reference = fleet
     out = tmp_path / "out"
     argv = [str(bags / "alpha"), str(bags / "bravo"), str(bags / "*.mcap")]
+    argv += [str(damaged / name) for name in ("delta", "echo", "foxtrot")]
     argv += ["--output-dir", str(out), *args, "--actors", "2", "--range-frames", "2", "--ray"]
-    assert main(argv) == 0
+    assert main(argv) == 1  # the damaged ones failed
     for name in FRAMES:
         assert_same_bag(out / f"{name}_ovseg", reference / f"{name}_ovseg")
         assert_each_frame_once(out / f"{name}_ovseg", name)
+    check_damaged_report(out)
     report = load_report(out)
     for name, bag in report.items():
+        if name in ("delta", "echo", "foxtrot"):
+            continue
         n = FRAMES[name.removesuffix(".mcap")]
         assert (bag["status"], bag["frames_in"], bag["frames_labelled"]) == ("done", n, n)
         assert bag["windows"] == math.ceil(n / 2)  # split, labelled apart, written in order
     run = json.loads((out / "ovseg-replay-report.json").read_text())["run"]
     assert run["ray"] == "local" and run["ray_actors"] == 2
     err = capsys.readouterr().err
-    assert err.count("done        ") == 3 and "3 done, 0 skipped, 0 failed" in err
+    assert err.count("done        ") == 4 and "4 done, 0 skipped, 2 failed" in err
     assert not (out / ".partial").exists()
 
 

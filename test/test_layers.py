@@ -22,6 +22,7 @@ LAYERS = {
     "params": 1,
     "points": 2,
     "outputs": 3,
+    "camera_info_input": 4,
     "points_stage": 4,
     "pipeline": 5,  # the shared frame pipeline: the top of the ROS-free layer
     "harness": 6,

@@ -12,7 +12,7 @@ from ovseg_ros.bench import cli, node
 
 pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(400)]
 
-RATE, DURATION = 10.0, 2.0
+RATE, DURATION = 10.0, 1.0
 
 
 def test_node_bench_prints_table_with_sane_numbers(tmp_path, capsys):

@@ -32,7 +32,8 @@ from ros_harness import (
     stop_node,
     wait_until,
 )
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from test_compressed_depth import compressed_depth, expected_metres
 from test_points import D_PLUMB, H, K, W, _depth_message, _nearest, _scene
 
 from ovseg_ros.points import read_cloud, unpack_rgb
@@ -445,5 +446,98 @@ def test_every_camera_has_its_own_depth_inputs(context, camera):
                 for status in array.status
             )
         )
+    finally:
+        stop_node(node, executor)
+
+
+def compressed_frame(sec: int, encoding: str, codec: str) -> tuple[Frame, CompressedImage]:
+    """A :class:`Frame` whose depth goes as compressedDepth (built from the format's
+    definition in test_compressed_depth); for 32FC1 the answer is the depth it decodes to."""
+    frame = Frame(sec, encoding)
+    scene = _scene([0.0] * 5)
+    if encoding == "16UC1":
+        sent = np.round(scene["z"] * 1000).astype(np.uint16)
+        sent[frame.invalid] = 0
+    else:
+        sent = scene["z"].astype(np.float32)
+        sent[frame.invalid] = np.nan
+        frame.z = expected_metres(sent).astype(np.float64)  # within 0.9 mm of the scene's z
+        frame.xyz = np.concatenate([scene["rays"] * frame.z[..., None], frame.z[..., None]], -1)
+        frame.in_range = (frame.z >= 1.0) & (frame.z <= 3.0)  # NaN: out
+    fmt, data = compressed_depth(sent, codec)
+    msg = CompressedImage(format=fmt)
+    msg.header = frame.depth.header
+    msg.data = data
+    return frame, msg
+
+
+def test_compressed_depth_transport_per_camera(context, camera):
+    """depth_transport compressedDepth: each camera subscribes only <resolved depth>/
+    compressedDepth (following a remap of its depth topic), pairs and decodes it into the
+    cloud of the raw path (16UC1 png exact, 32FC1 rvl as it decodes); a truncated one is
+    skipped as bad depth while the labels keep flowing."""
+    node, executor = _start_node(
+        context,
+        "ovseg_packed",
+        ("a/depth:=/cam_a/depth",),
+        cameras=["a", "b"],
+        depth_transport="compressedDepth",
+    )
+    try:
+        topics = {s.topic_name for c in node.cameras for s, _ in c.adaptive()}
+        assert {"/cam_a/depth/compressedDepth", "/b/depth/compressedDepth"} <= topics
+        assert not topics & {"/cam_a/depth", "/a/depth", "/b/depth"}
+        depth_topics = {"a": "/cam_a/depth/compressedDepth", "b": "/b/depth/compressedDepth"}
+        pubs = {
+            (cam, kind): camera.node.create_publisher(msg_type, topic, RELIABLE)
+            for cam in ("a", "b")
+            for kind, msg_type, topic in (
+                ("image", Image, f"/{cam}/image"),
+                ("depth", CompressedImage, depth_topics[cam]),
+                ("camera_info", CameraInfo, f"/{cam}/camera_info"),
+            )
+        }
+        got: dict[str, list] = {}
+        for topic, msg_type in (
+            ("a/points", PointCloud2),
+            ("b/points", PointCloud2),
+            ("a/labels", Image),
+            ("b/labels", Image),
+        ):
+            got[topic] = []
+            camera.node.create_subscription(
+                msg_type, f"/ovseg_packed/{topic}", got[topic].append, RELIABLE
+            )
+        assert wait_until(lambda: node.count_subscribers("/ovseg_packed/b/labels") > 0)
+        assert wait_until(lambda: camera.node.count_subscribers(depth_topics["b"]) > 0)
+        frames = {
+            "a": compressed_frame(700, "16UC1", "png"),
+            "b": compressed_frame(700, "32FC1", "rvl"),
+        }
+        wanted = ("a/points", "b/points", "a/labels", "b/labels")
+        for _ in range(8):
+            for cam, (_, packed) in frames.items():
+                pubs[cam, "camera_info"].publish(info_msg())
+                pubs[cam, "depth"].publish(packed)
+            time.sleep(0.05)
+            for cam, (frame, _) in frames.items():
+                pubs[cam, "image"].publish(frame.color)
+            if wait_until(lambda: all(got[t] for t in wanted), 3.0):
+                break
+        for cam, (frame, _) in frames.items():
+            assert got[f"{cam}/points"], f"no cloud for camera {cam}"
+            check_cloud(got[f"{cam}/points"][0], labels_array(got[f"{cam}/labels"][0]), frame)
+
+        b = next(c for c in node.cameras if c.key == "b").depth
+        frame, packed = compressed_frame(701, "16UC1", "png")
+        packed.data = bytes(packed.data)[: len(packed.data) // 2]  # a truncated PNG
+        for _ in range(8):
+            pubs["b", "depth"].publish(packed)
+            time.sleep(0.05)
+            pubs["b", "image"].publish(frame.color)
+            if wait_until(lambda: b.counters()["clouds_skipped_bad_depth"] > 0, 3.0):
+                break
+        assert b.counters()["clouds_skipped_bad_depth"] > 0
+        assert wait_until(lambda: any(m.header.stamp.sec == 701 for m in got["b/labels"]), 3.0)
     finally:
         stop_node(node, executor)

@@ -14,29 +14,33 @@ from ovseg_ros.outputs import (
     render_overlay,
     vocabulary_json,
 )
-from ovseg_ros.segmentation.vocabulary import build_vocabulary
+from ovseg_ros.segmentation.vocabulary import build_vocabulary, unlabeled_id
 
 ENTRIES = ["background; sky; wall", "person; man; woman", "chair"]
 
 
-def test_labels_mono8_up_to_256_entries() -> None:
-    labels = np.array([[0, 1], [254, 255]], np.int32)
-    for entries in (1, 3, 256):
-        encoding, array = labels_image(labels % entries, entries)
+def test_labels_mono8_up_to_254_entries_with_255_unlabeled() -> None:
+    labels = np.array([[0, 1], [253, 255]], np.int32)
+    for entries in (1, 3, 254):
+        expected = np.where(labels == 255, 255, labels % entries)
+        encoding, array = labels_image(expected, entries)
         assert encoding == "mono8" and array.dtype == np.uint8
-        np.testing.assert_array_equal(array, labels % entries)
+        np.testing.assert_array_equal(array, expected)
+        assert unlabeled_id(entries) == 255
 
 
-def test_labels_mono16_above_256_entries() -> None:
-    labels = np.array([[0, 256], [299, 1]], np.int32)
+def test_labels_mono16_from_255_entries_with_65535_unlabeled() -> None:
+    labels = np.array([[0, 256], [299, 65535]], np.int32)
     encoding, array = labels_image(labels, 300)
     assert encoding == "mono16" and array.dtype == np.uint16
     np.testing.assert_array_equal(array, labels)
-    assert labels_image(np.zeros((2, 2), np.int64), 257)[0] == "mono16"  # by size, not content
+    # By size, not content: 255 entries need id 254, so 255 cannot mean "unlabeled" in mono8.
+    assert labels_image(np.zeros((2, 2), np.int64), 255)[0] == "mono16"
+    assert unlabeled_id(255) == 65535
 
 
 @pytest.mark.parametrize(
-    "labels,entries", [(np.zeros(4, np.int32), 3), (np.zeros((2, 2)), 0), (np.zeros((2, 2)), 70000)]
+    "labels,entries", [(np.zeros(4, np.int32), 3), (np.zeros((2, 2)), 0), (np.zeros((2, 2)), 65536)]
 )
 def test_labels_image_errors(labels: np.ndarray, entries: int) -> None:
     with pytest.raises(ValueError):
@@ -56,7 +60,7 @@ def test_vocabulary_json() -> None:
         "synonyms": ["person", "man", "woman"],
         "color": list(vocab.entries[1].color),
     }
-    assert data == {**vocab.to_json_dict(), "valid_from": {}}
+    assert data == {**vocab.to_json_dict(), "unlabeled_id": 255, "valid_from": {}}
     stamped = json.loads(vocabulary_json(vocab, {"": 0, "left": 12_000_000_345}))
     assert stamped["valid_from"] == {
         "": {"sec": 0, "nanosec": 0},
@@ -100,6 +104,20 @@ def test_render_overlay_blends_class_colors() -> None:
     expected = (100 + palette[labels]) / 2
     assert half.dtype == np.uint8 and half.shape == rgb.shape
     assert np.abs(half - expected).max() <= 1
+
+
+@pytest.mark.parametrize("entries", [3, 300])
+def test_render_overlay_keeps_the_camera_color_where_unlabeled(entries: int) -> None:
+    vocab = build_vocabulary([f"class {i}" for i in range(entries)], version=1)
+    rgb = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    unlabeled = unlabeled_id(entries)
+    labels = np.array([[0, 1, 2, unlabeled, 1]] * 4, np.int32)
+    out = render_overlay(rgb, labels, vocab, alpha=1.0)
+    palette = np.array([e.color for e in vocab.entries], np.uint8)
+    np.testing.assert_array_equal(out[:, 3], rgb[:, 3])  # unlabeled: the camera's color
+    np.testing.assert_array_equal(out[:, [0, 1, 2, 4]], palette[labels[:, [0, 1, 2, 4]]])
+    with pytest.raises(ValueError, match="outside"):  # any other value above the classes
+        render_overlay(rgb, np.full((4, 5), unlabeled - 1, np.int32), vocab)
 
 
 def test_render_overlay_large_image_is_vectorised() -> None:

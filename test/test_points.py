@@ -396,11 +396,7 @@ def test_pairing_nearest_within_tolerance():
         "paired": 4,
         "unpaired": 3,
         "no_depth": 1,
-        "camera_info_received": 0,
     }
-    pairer.camera_info = "info1"
-    pairer.camera_info = "info2"
-    assert pairer.camera_info == "info2" and pairer.stats.camera_info_received == 2
     with pytest.raises(PointsError, match="depth_sync_tolerance"):
         DepthPairer(tolerance=-1.0)
 
@@ -491,3 +487,26 @@ def test_size_tables_are_bounded_in_bytes_not_entries():
         ray_table(CameraModel.from_fields(K, [0.0] * 5, "plumb_bob", width, H), "cpu")
     assert camera_module._ray_cache.bytes <= camera_module.RAY_CACHE_BYTES
     assert ray_table(model, "cpu").shape == (2, H, W)
+
+
+def test_cloud_layout_matches_pcl_point_xyzrgbl():
+    """PCL matches field names and datatypes exactly: x y z rgb as FLOAT32 and label as
+    UINT32 (pcl::PointXYZRGBL), so PCL consumers keep our labels; confidence follows."""
+    float32, uint32 = 7, 6  # sensor_msgs/PointField constants
+    fields = {name: (offset, datatype, count) for name, offset, datatype, count in POINT_FIELDS}
+    pcl = {"x": float32, "y": float32, "z": float32, "rgb": float32, "label": uint32}
+    assert {name: fields[name][1] for name in pcl} == pcl
+    assert all(fields[name][2] == 1 for name in fields)
+    assert [fields[n][0] for n in ("x", "y", "z", "rgb", "label", "confidence")] == [
+        0, 4, 8, 12, 16, 20
+    ]  # fmt: skip
+    # The unlabeled values (255, 65535) survive the UINT32 field, read back field by field.
+    depth = decode_depth("16UC1", 2, 2, 4, np.full((2, 2), 1000, "<u2").tobytes())
+    model = CameraModel.from_fields([2.0, 0, 0.5, 0, 2.0, 0.5, 0, 0, 1], [], "plumb_bob", 2, 2)
+    labels = np.array([[0, 255], [65535, 7]], np.int32)
+    cloud = build_cloud(
+        depth, model, labels, np.ones((2, 2), np.float32), np.zeros((2, 2, 3), np.uint8),
+        PointsOptions(depth_min=0.1, depth_max=5.0),
+    )  # fmt: skip
+    read = read_cloud(cloud.fields, cloud.data, cloud.point_step, cloud.width, cloud.height)
+    assert read["label"].dtype == np.uint32 and sorted(read["label"]) == [0, 7, 255, 65535]

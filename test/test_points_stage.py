@@ -76,10 +76,11 @@ class Clock:
 
 
 def run(stage: PointsStage, sec: int, nanosec: int = 0, size=(H, W), cloud: bool = True):
-    """``(cloud or None, camera_info or None, warnings)`` of a color frame at ``sec.nanosec``."""
+    """``(cloud or None, camera_info or None, warnings)`` of a color frame at ``sec.nanosec``
+    (the camera model at the labels' size, as the frame pipeline publishes it)."""
     rgb = np.zeros((*size, 3), np.uint8)
     out = stage.outputs(header(sec, nanosec, "color"), rgb, result(*size), cloud=cloud)
-    return out.cloud, out.camera_info, out.warnings
+    return out.cloud, stage.camera_info.scaled(size[1], size[0]), out.warnings
 
 
 def test_outputs_counters_and_per_kind_throttling():
@@ -179,7 +180,7 @@ def test_hostile_inputs_are_refused_before_any_work():
     stage.push_camera_info(flood)
     cloud, info, warnings = run(stage, 1)
     assert cloud is None and info is None and "1000000 coefficients" in warnings[0]
-    assert stage._info_cache == {}  # not even keyed: refused by its length
+    assert stage.camera_info._cache == {}  # not even keyed: refused by its length
 
     for k, what in (
         ([1e-300, 0, K[2], 0, 1e-300, K[5], 0, 0, 1], "focal lengths"),
@@ -195,8 +196,9 @@ def test_hostile_inputs_are_refused_before_any_work():
 
     stage = PointsStage(0.02)
     stage.push_camera_info(info_msg())
-    first = stage.pairer.camera_info
+    first = stage.camera_info.latest()
     stage.push_camera_info(info_msg())  # the same content in a new message: not revalidated
-    assert stage.pairer.camera_info is first and len(stage._info_cache) == 1
+    assert stage.camera_info.latest() is first and len(stage.camera_info._cache) == 1
     stage.push_camera_info(info_msg(width=W + 2))  # new content: validated, replaces it
-    assert stage.pairer.camera_info is not first and len(stage._info_cache) == 1
+    assert stage.camera_info.latest() is not first and len(stage.camera_info._cache) == 1
+    assert stage.camera_info.received == 3

@@ -18,11 +18,13 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from ovseg_ros.image_conversion import compressed_to_rgb
 from ovseg_ros.outputs import render_overlay
 from ovseg_ros.segmentation import build_segmenter, build_vocabulary, tiny_config
+from ovseg_ros.tools.replay.bag_io import register_label_info
 from ovseg_ros.tools.replay.cli import format_summary, main
 from ovseg_ros.tools.replay.core import run_replay
 from ovseg_ros.tools.replay.plan import ReplayOptions
 
 TS = get_typestore(Stores.ROS2_JAZZY)
+register_label_info(TS)  # vision_msgs/msg/LabelInfo, from its definition
 Image = TS.types["sensor_msgs/msg/Image"]
 CompressedImage = TS.types["sensor_msgs/msg/CompressedImage"]
 Header = TS.types["std_msgs/msg/Header"]
@@ -187,7 +189,7 @@ def test_replay_writes_node_topics_and_copies_input(tmp_path, storage, fast, cap
     src = camera_bag(tmp_path / "in", storage, frames=5)
     out = tmp_path / "out"
     args = [str(src), str(out), "--classes", *CLASSES, *fast, "--overlay"]
-    args += ["--confidence-classes", "man", "chair"]
+    args += ["--confidence-classes", "man", "chair", "--mask-classes", "chair"]
     assert main(args) == 0
     summary = capsys.readouterr().out
     assert "5 of 5 frames segmented" in summary and "/ovseg/labels" in summary
@@ -200,9 +202,22 @@ def test_replay_writes_node_topics_and_copies_input(tmp_path, storage, fast, cap
         "/ovseg/confidence",
         "/ovseg/confidence/person",  # named after the entry's first synonym, as the node does
         "/ovseg/confidence/chair",
+        "/ovseg/mask/chair",
         "/ovseg/overlay",
+        "/ovseg/label_info",
     }
     assert set(messages) == outputs | {"/cam/image", "/chatter", "/tf_static"}
+
+    # LabelInfo beside the vocabulary: once, latched, stamp 0 (the run's one version).
+    [(t, raw)] = messages["/ovseg/label_info"]
+    info = decode(raw, "vision_msgs/msg/LabelInfo")
+    assert t == bag_time(0) and (info.header.stamp.sec, info.header.stamp.nanosec) == (0, 0)
+    assert [(c.class_id, c.class_name) for c in info.class_map] == [
+        (0, "sky"), (1, "person"), (2, "chair")
+    ]  # fmt: skip
+    assert info.threshold == 0.0
+    qos = connections["/ovseg/label_info"].ext.offered_qos_profiles
+    assert [q.durability for q in qos] == [QosDurability.TRANSIENT_LOCAL]
 
     # Vocabulary: once, at the first frame's bag time, latched (transient local).
     [(t, raw)] = messages["/ovseg/vocabulary"]
@@ -213,7 +228,7 @@ def test_replay_writes_node_topics_and_copies_input(tmp_path, storage, fast, cap
     qos = connections["/ovseg/vocabulary"].ext.offered_qos_profiles
     assert [q.durability for q in qos] == [QosDurability.TRANSIENT_LOCAL]
 
-    for topic in outputs - {"/ovseg/vocabulary"}:
+    for topic in outputs - {"/ovseg/vocabulary", "/ovseg/label_info"}:
         assert [t for t, _ in messages[topic]] == [bag_time(i) for i in range(5)], topic
     for i in range(5):
         labels = decode(messages["/ovseg/labels"][i][1])
@@ -233,6 +248,8 @@ def test_replay_writes_node_topics_and_copies_input(tmp_path, storage, fast, cap
         for msg in per_class:  # one class's probability never exceeds the winner's
             probability = image_array(msg)
             assert probability.min() >= 0 and np.all(probability <= confidence + 1e-6)
+        mask = image_array(decode(messages["/ovseg/mask/chair"][i][1]))
+        assert np.array_equal(mask, np.where(label_map == 2, 255, 0))
         # The overlay blends the decoded input frame with the label colors.
         expected = render_overlay(scene(i), label_map, VOCAB)
         assert np.array_equal(image_array(overlay), expected)
@@ -393,6 +410,27 @@ def test_node_params_file_works_unchanged(tmp_path):
     assert len(messages["/ovseg/labels"]) == 1
 
 
+def test_pixels_below_prob_threshold_are_unlabeled_255(tmp_path):
+    """On a robot entry 0 is a class: below prob_threshold the label is 255 (as the node's),
+    and the vocabulary JSON and LabelInfo say so."""
+    src = camera_bag(tmp_path / "in", "sqlite3", frames=2)
+    params = tmp_path / "segment.yaml"
+    values = {**FAST, "prob_threshold": 1.0}  # no class is ever certain: all unlabeled
+    params.write_text(yaml.safe_dump({"ovseg": {"ros__parameters": values}}))
+    out = tmp_path / "out"
+    args = [str(src), str(out), "--classes", *CLASSES, "--params", str(params), *TINY]
+    assert main([*args, "--no-copy-input", "--overlay"]) == 0
+    messages, _ = read_bag(out)
+    for _, raw in messages["/ovseg/labels"]:
+        assert (image_array(decode(raw)) == 255).all()
+    for i, (_, raw) in enumerate(messages["/ovseg/overlay"]):  # the camera's own colors
+        assert np.array_equal(image_array(decode(raw)), scene(i))
+    vocab = json.loads(decode(messages["/ovseg/vocabulary"][0][1], "std_msgs/msg/String").data)
+    assert vocab["unlabeled_id"] == 255
+    info = decode(messages["/ovseg/label_info"][0][1], "vision_msgs/msg/LabelInfo")
+    assert info.threshold == 1.0
+
+
 def test_storage_override_writes_mcap_from_sqlite3(tmp_path, fast):
     src = camera_bag(tmp_path / "in", "sqlite3", frames=2)
     out = tmp_path / "out"
@@ -401,7 +439,12 @@ def test_storage_override_writes_mcap_from_sqlite3(tmp_path, fast):
     assert main(args) == 0
     assert storage_of(out) == "mcap" and list(out.glob("*.mcap"))
     messages, _ = read_bag(out)
-    assert set(messages) == {"/robot/seg/vocabulary", "/robot/seg/labels", "/robot/seg/confidence"}
+    assert set(messages) == {
+        "/robot/seg/vocabulary",
+        "/robot/seg/label_info",
+        "/robot/seg/labels",
+        "/robot/seg/confidence",
+    }
     assert len(messages["/robot/seg/labels"]) == 2
 
 

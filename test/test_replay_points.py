@@ -165,3 +165,98 @@ def test_depth_topic_errors_exit_2(tmp_path, fast, capsys):
     for extra, message in cases:
         assert main(base + extra) == 2, extra
         assert message in capsys.readouterr().err, extra
+
+
+def compressed_rgbd_bag(path: Path, storage: str, encoding: str, codec: str) -> int:
+    """Color, camera_info and the same depth twice: raw on /cam/depth and compressedDepth on
+    /cam/depth/compressedDepth (for 32FC1 the raw one holds the depth the compressed one
+    decodes to, NaN where nothing was measured). Returns the valid depth pixels per frame."""
+    from test_compressed_depth import compressed_depth, expected_metres, scene_metres, scene_mm
+
+    compressed_type = "sensor_msgs/msg/CompressedImage"
+    CompressedImage = TS.types[compressed_type]
+    if encoding == "16UC1":
+        sent = scene_mm()
+        raw_depth, valid = sent, (sent >= 100) & (sent <= 10000)
+    else:
+        sent = scene_metres()
+        raw_depth = expected_metres(sent)
+        with np.errstate(invalid="ignore"):
+            valid = (raw_depth >= 0.1) & (raw_depth <= 10.0)
+    fmt, data = compressed_depth(sent, codec)
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    info = CameraInfo(
+        header=header(0, 0, "depth_optical"),
+        height=H,
+        width=W,
+        distortion_model="plumb_bob",
+        d=np.zeros(5),
+        k=np.asarray(K, dtype=np.float64),
+        r=np.eye(3).reshape(-1),
+        p=np.asarray([K[0], 0, K[2], 0, 0, K[4], K[5], 0, 0, 0, 1, 0], dtype=np.float64),
+        binning_x=0,
+        binning_y=0,
+        roi=ROI(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+    )
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        color_c = writer.add_connection("/cam/color", "sensor_msgs/msg/Image", typestore=TS)
+        depth_c = writer.add_connection("/cam/depth", "sensor_msgs/msg/Image", typestore=TS)
+        packed_c = writer.add_connection(
+            "/cam/depth/compressedDepth", compressed_type, typestore=TS
+        )
+        info_c = writer.add_connection("/cam/info", "sensor_msgs/msg/CameraInfo", typestore=TS)
+        for i in range(FRAMES):
+            t = T0 + i * 100_000_000
+            color = Image(
+                header=header(50 + i, 4_000_000, "color_optical"),
+                height=H,
+                width=W,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=W * 3,
+                data=rgb_of(i).reshape(-1),
+            )
+            depth_header = header(50 + i, 0, "depth_optical")
+            depth = Image(
+                header=depth_header,
+                height=H,
+                width=W,
+                encoding=encoding,
+                is_bigendian=0,
+                step=W * raw_depth.itemsize,
+                data=raw_depth.astype("<" + raw_depth.dtype.str[1:]).view(np.uint8).reshape(-1),
+            )
+            packed = CompressedImage(
+                header=depth_header, format=fmt, data=np.frombuffer(data, np.uint8)
+            )
+            info.header = depth_header
+            writer.write(info_c, t - 2000, TS.serialize_cdr(info, "sensor_msgs/msg/CameraInfo"))
+            writer.write(depth_c, t - 1000, TS.serialize_cdr(depth, "sensor_msgs/msg/Image"))
+            writer.write(packed_c, t - 1000, TS.serialize_cdr(packed, compressed_type))
+            writer.write(color_c, t, TS.serialize_cdr(color, "sensor_msgs/msg/Image"))
+    return int(valid.sum())
+
+
+@pytest.mark.parametrize(
+    "storage, encoding, codec", [("sqlite3", "16UC1", "png"), ("mcap", "32FC1", "rvl")]
+)
+def test_compressed_depth_topic_gives_the_clouds_of_raw_depth(
+    tmp_path, storage, encoding, codec, fast, capsys
+):
+    """--depth-topic naming a CompressedImage topic decodes it as compressedDepth: the output
+    clouds are byte for byte those of the same depth sent raw."""
+    valid = compressed_rgbd_bag(tmp_path / "in", storage, encoding, codec)
+    clouds = {}
+    for topic in ("/cam/depth", "/cam/depth/compressedDepth"):
+        out = tmp_path / topic.strip("/").replace("/", "_")
+        args = [str(tmp_path / "in"), str(out), "--classes", *CLASSES, *fast, "--no-copy-input"]
+        args += ["--image-topic", "/cam/color", "--depth-topic", topic]
+        args += ["--camera-info-topic", "/cam/info", "--points-stride", "1"]
+        assert main(args) == 0
+        assert f"point clouds: {FRAMES} written" in capsys.readouterr().out
+        messages, _ = read_bag(out)
+        clouds[topic] = [raw for _, raw in messages["/ovseg/points"]]
+    assert len(clouds["/cam/depth"]) == FRAMES
+    assert clouds["/cam/depth/compressedDepth"] == clouds["/cam/depth"]
+    first = TS.deserialize_cdr(clouds["/cam/depth"][0], "sensor_msgs/msg/PointCloud2")
+    assert (first.height, first.width) == (1, valid) and valid > H * W // 2

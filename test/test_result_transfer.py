@@ -1,7 +1,7 @@
-"""Labels leave the device as uint8 when the vocabulary allows: ``label_ids`` is uint8 up to
-256 entries (int32 above) and equal to the int32 ``labels``; the node's mono8 image is made
-from it without a copy. (The pinned, non-blocking CUDA copies run in test_cuda.py's end-to-end
-tests on a GPU.)"""
+"""Labels leave the device as uint8 when the vocabulary allows: ``label_ids`` is uint8 up to 254
+entries (int32 above: 255 is the unlabeled value of mono8) and equal to the int32 ``labels``;
+the node's mono8 image is made from it without a copy. (The pinned, non-blocking CUDA copies run
+in test_cuda.py's end-to-end tests on a GPU.)"""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def result_for(num_entries: int, seed: int = 0) -> tuple[SegmentationResult, tor
 
 
 @pytest.mark.parametrize(
-    ("num_entries", "dtype"), [(5, np.uint8), (256, np.uint8), (300, np.int32)]
+    ("num_entries", "dtype"), [(5, np.uint8), (254, np.uint8), (255, np.int32), (300, np.int32)]
 )
 def test_label_ids_are_compact_and_equal_the_labels(num_entries, dtype) -> None:
     result, scores = result_for(num_entries)

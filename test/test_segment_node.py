@@ -35,7 +35,7 @@ from ros_harness import (
     spin_in_thread,
     wait_until,
 )
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
 from ovseg_ros.ros.parameters import DEFAULT_CLASSES
@@ -219,7 +219,7 @@ def test_every_output_carries_the_input_header(tester, ovseg) -> None:
     person = tester.subscribe(Image, "/ovseg/confidence/person")
     door = tester.subscribe(Image, "/ovseg/confidence/door")
     try:
-        assert ovseg.class_confidence_topics() == {
+        assert ovseg.class_topics() == {
             "/ovseg/confidence/person": 1,
             "/ovseg/confidence/door": 4,
         }
@@ -255,6 +255,84 @@ def test_every_output_carries_the_input_header(tester, ovseg) -> None:
     finally:
         for subscription in (overlay, person, door):
             tester.node.destroy_subscription(subscription)
+
+
+def _camera_info(width: int, height: int) -> CameraInfo:
+    info = CameraInfo(width=width, height=height, distortion_model="plumb_bob")
+    info.k = [50.0, 0.0, 31.5, 0.0, 50.0, 23.5, 0.0, 0.0, 1.0]
+    info.p = [50.0, 0.0, 31.5, 0.0, 0.0, 50.0, 23.5, 0.0, 0.0, 0.0, 1.0, 0.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.d = [0.0] * 5
+    return info
+
+
+def test_masks_camera_info_without_depth_and_nothing_made_for_nobody(tester, ovseg) -> None:
+    """Masks are the labels of one class as 0/255; the labels' camera model is published
+    without depth; an output nobody subscribes to is never made (counted per output kind)."""
+
+    def computed() -> dict[str, int]:
+        snapshot = ovseg.stats.snapshot().get("")
+        return dict(snapshot.computed) if snapshot else {}
+
+    (result,) = tester.set_parameters(Parameter("mask_classes", value=["man", "door"]))
+    assert result.successful, result.reason
+    assert wait_until(lambda: "/ovseg/mask/person" in ovseg.class_topics())
+    assert ovseg.class_topics()["/ovseg/mask/door"] == 4
+    before = computed()
+    tester.stream_until_labels(1500)
+    unsubscribed = computed()
+    assert unsubscribed["labels"] > before.get("labels", 0)
+    for kind in ("mask", "camera_info", "overlay"):  # nobody listens: never made
+        assert unsubscribed.get(kind, 0) == before.get(kind, 0), kind
+
+    info_pub = tester.node.create_publisher(CameraInfo, "/camera_info", RELIABLE)
+    mask = tester.subscribe(Image, "/ovseg/mask/person")
+    info = tester.subscribe(CameraInfo, "/ovseg/camera_info")
+    try:
+        assert wait_until(lambda: ovseg.count_subscribers("/ovseg/mask/person") > 0)
+        assert wait_until(lambda: ovseg.count_publishers("/camera_info") > 0)
+        info_pub.publish(_camera_info(64, 48))
+        assert wait_until(lambda: ovseg.cameras[0].camera_info.latest() is not None)
+        labels = tester.stream_until_labels(1600)
+        sec = labels.header.stamp.sec
+        topics = ["/ovseg/mask/person", "/ovseg/camera_info"]
+        assert wait_until(lambda: all(tester.by_stamp(t, sec) for t in topics), 5)
+        (person,) = tester.by_stamp("/ovseg/mask/person", sec)
+        assert (person.encoding, person.width, person.height) == ("mono8", 64, 48)
+        label_values = np.frombuffer(bytes(labels.data), np.uint8)
+        expected = np.where(label_values == 1, 255, 0)
+        np.testing.assert_array_equal(np.frombuffer(bytes(person.data), np.uint8), expected)
+        (model,) = tester.by_stamp("/ovseg/camera_info", sec)
+        assert model.header.frame_id == labels.header.frame_id
+        assert model.header.stamp == labels.header.stamp
+        assert (model.width, model.height) == (64, 48) and list(model.k)[0] == 50.0
+        assert computed()["mask"] > unsubscribed.get("mask", 0)
+        assert "/ovseg/mask/door" not in tester.received  # made only for its subscriber
+        assert computed()["mask"] - unsubscribed.get("mask", 0) == (
+            computed()["labels"] - unsubscribed["labels"]
+        )  # one mask per frame: the door mask, unsubscribed, was never made
+    finally:
+        tester.node.destroy_subscription(mask)
+        tester.node.destroy_subscription(info)
+        tester.node.destroy_publisher(info_pub)
+        empty = Parameter("mask_classes", Parameter.Type.STRING_ARRAY, [])
+        (result,) = tester.set_parameters(empty)
+        assert result.successful
+    assert wait_until(lambda: not any("/mask/" in t for t in ovseg.class_topics()))
+
+
+def test_label_info_is_off_without_vision_msgs_and_the_json_says_unlabeled(tester, ovseg) -> None:
+    """vision_msgs has no PyPI wheel: ~/label_info is absent (said once at configure) and the
+    vocabulary JSON names the classes and the unlabeled value."""
+    try:
+        import vision_msgs  # noqa: F401
+    except ImportError:
+        assert ovseg.count_subscribers("/ovseg/label_info") == 0
+        names = [t for t, _ in ovseg.get_publisher_names_and_types_by_node("ovseg", "/")]
+        assert "/ovseg/label_info" not in names
+    else:
+        pytest.skip("vision_msgs imports here: ~/label_info is tested with it")
+    assert tester.vocabularies()[-1]["unlabeled_id"] == 255
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +422,7 @@ def test_vocabulary_change_through_set_parameters(tester, ovseg, default_vocabul
     labels = tester.stream_until_labels(2000)
     assert np.frombuffer(bytes(labels.data), np.uint8).max() <= 1
     # The per-class topics follow: "man" is gone, "door" moved to entry 1.
-    assert ovseg.class_confidence_topics() == {"/ovseg/confidence/door": 1}
+    assert ovseg.class_topics() == {"/ovseg/confidence/door": 1}
 
 
 @pytest.fixture
@@ -523,7 +601,8 @@ def test_parameter_checks(tester, ovseg) -> None:
 
 def test_engine_knobs_apply_at_runtime(tester, ovseg) -> None:
     """A near-zero logit scale makes every class equally likely (about 1/5), so with
-    prob_threshold 0.9 every pixel falls back to entry 0, from the next frames on."""
+    prob_threshold 0.9 every pixel is unlabeled (255: on a robot entry 0 is a class like any
+    other), from the next frames on."""
     labels = tester.stream_until_labels(3400)
     assert np.frombuffer(bytes(labels.data), np.uint8).max() > 0  # two halves, two classes
     try:
@@ -532,7 +611,7 @@ def test_engine_knobs_apply_at_runtime(tester, ovseg) -> None:
         )
         assert all(r.successful for r in results), results
         labels = tester.stream_until_labels(3500)
-        assert np.frombuffer(bytes(labels.data), np.uint8).max() == 0
+        assert (np.frombuffer(bytes(labels.data), np.uint8) == 255).all()
     finally:
         results = tester.set_parameters(
             Parameter("logit_scale", value=40.0), Parameter("prob_threshold", value=0.0)
@@ -575,6 +654,8 @@ def test_bad_compressed_frames_are_skipped(tester, jpeg_node) -> None:
     tester.subscribe(Image, "/third/ovseg_jpeg/labels")
     publisher = tester.node.create_publisher(CompressedImage, "/cam_x/image/compressed", RELIABLE)
     try:
+        # Matched first: a message published before discovery is lost, not late.
+        assert wait_until(lambda: publisher.get_subscription_count() > 0, 30)
         corrupt = make_jpeg(4005)
         corrupt.data = b"\xff\xd8\xff\xe0" + bytes(200)
         depth = make_jpeg(4006)
@@ -582,7 +663,7 @@ def test_bad_compressed_frames_are_skipped(tester, jpeg_node) -> None:
         for msg in (corrupt, depth):
             before = jpeg_node.stats.total("invalid")
             publisher.publish(msg)
-            assert wait_until(lambda n=before: jpeg_node.stats.total("invalid") > n, 5)
+            assert wait_until(lambda n=before: jpeg_node.stats.total("invalid") > n, 30)
         for sec in range(4100, 4140):  # good frames still flow
             publisher.publish(make_jpeg(sec))
             if wait_until(lambda s=sec: tester.by_stamp("/third/ovseg_jpeg/labels", s), 0.5):

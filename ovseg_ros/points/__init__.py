@@ -1,7 +1,8 @@
 """Labelled 3D point clouds from a registered depth image (ROS-free).
 
 Flow per color frame: :class:`DepthPairer` finds the depth frame of nearest stamp,
-:func:`decode_depth` reads it, :class:`CameraModel` validates the latest camera_info, and
+:func:`decode_depth` reads it (:func:`decode_compressed_depth` a compressedDepth one),
+:class:`CameraModel` validates the latest camera_info, and
 :func:`build_cloud` back-projects it with the cached :func:`ray_table` into
 :class:`PointCloudData` (PointCloud2 fields and bytes) that the node and replay publish.
 """
@@ -21,6 +22,7 @@ from ovseg_ros.points.cloud import (
     read_cloud,
     unpack_rgb,
 )
+from ovseg_ros.points.compressed_depth import compressed_depth_size, decode_compressed_depth
 from ovseg_ros.points.depth import DepthImage, decode_depth
 from ovseg_ros.points.errors import PointsError
 from ovseg_ros.points.pairing import DepthPairer, PairingStats
@@ -40,6 +42,8 @@ __all__ = [
     "PointsOptions",
     "build_cloud",
     "class_ids",
+    "compressed_depth_size",
+    "decode_compressed_depth",
     "decode_depth",
     "pack_rgb",
     "ray_table",

@@ -1,14 +1,15 @@
 """Labelled point clouds: depth + labels + confidence + color -> PointCloud2 bytes, no ROS.
 
-One point is 24 bytes, every 4-byte field 4-aligned (``sensor_msgs_py.point_cloud2`` derives
-the same point step, 24, from these offsets)::
+One point is 24 bytes, every field 4-aligned (``sensor_msgs_py.point_cloud2`` derives the same
+point step, 24, from these offsets); ``x y z rgb label`` have the names and datatypes of PCL's
+``pcl::PointXYZRGBL`` (PCL matches datatypes exactly: a UINT16 label would be dropped)::
 
     offset  0 x           FLOAT32  metres, optical frame (x right, y down, z forward)
     offset  4 y           FLOAT32
     offset  8 z           FLOAT32
     offset 12 rgb         FLOAT32  0x00RRGGBB bits read as a float (PCL / RViz convention)
-    offset 16 label       UINT16   index into the vocabulary of the labels
-    offset 18 (padding)
+    offset 16 label       UINT32   index into the vocabulary of the labels; the unlabeled value
+                                   (255 or 65535, as in the label image) below prob_threshold
     offset 20 confidence  FLOAT32  probability of the winning class
 
 Data is little-endian (``is_bigendian`` False). :mod:`ovseg_ros.points.project` fills it.
@@ -42,7 +43,7 @@ POINT_FIELDS: tuple[tuple[str, int, int, int], ...] = (
     ("y", 4, FLOAT32, 1),
     ("z", 8, FLOAT32, 1),
     ("rgb", 12, FLOAT32, 1),
-    ("label", 16, UINT16, 1),
+    ("label", 16, UINT32, 1),
     ("confidence", 20, FLOAT32, 1),
 )
 POINT_STEP = 24

@@ -102,10 +102,9 @@ def numpy_block(
 
 
 def _labels_int32(image: np.ndarray, index: Index) -> tuple[np.ndarray, Index]:
-    """Labels as int32 masked to 16 bits: the UINT16 field is the low half of the LE word."""
+    """Labels (0..65535) as int32 words: the bits of the UINT32 field."""
     out = _buffer("labels", image.shape, np.int32)
     np.copyto(out, image, casting="unsafe")
-    out &= 0xFFFF
     return out, index
 
 

@@ -64,7 +64,7 @@ def torch_block(
 
     color = sampled("rgb").to(torch.int32)
     rgb_bits = (color[:, 0] << 16) | (color[:, 1] << 8) | color[:, 2]
-    label_bits = sampled("labels").to(torch.int32) & 0xFFFF  # low half of the LE word
+    label_bits = sampled("labels").to(torch.int32)  # the UINT32 field's bits (ids < 65536)
     conf = sampled("confidence").to(torch.float32)
     words = [x_out, y_out, z_out, rgb_bits, label_bits, conf]
     block = torch.stack([w.view(torch.int32) for w in words], dim=1)

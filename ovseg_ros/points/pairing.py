@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from threading import Lock
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from ovseg_ros.points.errors import PointsError
 
@@ -22,18 +22,17 @@ class PairingStats:
 
     ``depth_received``: depth frames pushed. ``paired``: color frames given a depth partner.
     ``unpaired``: color frames without one (``no_depth`` of them before any depth arrived,
-    the rest had none within the tolerance). ``camera_info_received``: camera_info messages.
+    the rest had none within the tolerance).
     """
 
     depth_received: int = 0
     paired: int = 0
     unpaired: int = 0
     no_depth: int = 0
-    camera_info_received: int = 0
 
 
 class DepthPairer(Generic[T]):
-    """The ``capacity`` most recent depth frames and the latest camera_info.
+    """The ``capacity`` most recent depth frames.
 
     Stamps are integer nanoseconds (``sec * 10**9 + nanosec``), so no float rounding; the
     tolerance is in seconds (``depth_sync_tolerance``). A depth frame may pair with several
@@ -47,7 +46,6 @@ class DepthPairer(Generic[T]):
             raise PointsError(f"the depth buffer needs a capacity >= 1, got {capacity}")
         self.tolerance_ns = round(float(tolerance) * 1e9)
         self._frames: deque[tuple[int, T]] = deque(maxlen=int(capacity))
-        self._camera_info: Any = None
         self._lock = Lock()
         self.stats = PairingStats()
 
@@ -73,18 +71,6 @@ class DepthPairer(Generic[T]):
                 return None
             self.stats.paired += 1
             return best[1]
-
-    @property
-    def camera_info(self) -> Any:
-        """The latest camera_info (any object; typically a validated CameraModel), or None."""
-        with self._lock:
-            return self._camera_info
-
-    @camera_info.setter
-    def camera_info(self, info: Any) -> None:
-        with self._lock:
-            self._camera_info = info
-            self.stats.camera_info_received += 1
 
     def stats_dict(self) -> dict[str, int]:
         """A snapshot of the counters."""

@@ -32,6 +32,8 @@ from rclpy.qos import QoSPolicyKind, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.subscription import Subscription
 
+from ovseg_ros.ros.compat import BEST_AVAILABLE
+
 AUTO = "auto"
 SETTINGS = (AUTO, "best_effort", "reliable")
 POLL_PERIOD_S = 0.5
@@ -41,7 +43,7 @@ _FIXED = {
     "reliable": ReliabilityPolicy.RELIABLE,
     "best_effort": ReliabilityPolicy.BEST_EFFORT,
     "system_default": ReliabilityPolicy.SYSTEM_DEFAULT,
-    "best_available": ReliabilityPolicy.BEST_AVAILABLE,
+    "best_available": BEST_AVAILABLE,  # None on Humble: chosen in choose(), as rmw would
 }
 
 
@@ -89,7 +91,7 @@ def offered(node: Node, topic: str) -> list[ReliabilityPolicy]:
 def choose(node: Node, topic: str, setting: str) -> ReliabilityPolicy:
     """The reliability to subscribe the resolved ``topic`` with now."""
     value = setting_of(node, topic, setting)
-    if value == AUTO:
+    if value == AUTO or _FIXED[value] is None:  # None: best_available where rclpy lacks it
         return for_publishers(offered(node, topic))
     return _FIXED[value]
 

@@ -1,10 +1,11 @@
 """One camera's ROS side: its input subscriptions and the lifecycle publishers of its outputs.
 
 The node holds one :class:`Camera` per input. Key ``""``: inputs ``image`` (or
-``<image>/compressed``), ``depth``, ``camera_info``; outputs ``~/labels``, ``~/confidence``,
-``~/confidence/<class>``, ``~/overlay``, ``~/points``, ``~/camera_info``. Key ``k``: the same
-under ``k/`` and ``~/k/``. All inputs are remappable. With depth, the camera's
-:class:`~ovseg_ros.points_stage.PointsStage` receives the depth and camera_info messages and
+``<image>/compressed``), ``camera_info``, ``depth``; outputs ``~/labels``, ``~/confidence``,
+``~/confidence/<class>``, ``~/mask/<class>``, ``~/overlay``, ``~/camera_info``, ``~/points``.
+Key ``k``: the same under ``k/`` and ``~/k/``. All inputs are remappable. camera_info is
+always subscribed (the labels' camera model is published whenever one is known); with depth,
+the camera's :class:`~ovseg_ros.points_stage.PointsStage` receives the depth messages and
 builds the cloud inside the frame pipeline. Output publishers are rclpy lifecycle publishers:
 they publish only while the node is active.
 """
@@ -13,50 +14,84 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
-from ovseg_ros.outputs import CAMERA_INFO, CONFIDENCE, LABELS, OVERLAY, POINTS
+from ovseg_ros.camera_info_input import CameraInfoInput
+from ovseg_ros.outputs import (
+    CAMERA_INFO,
+    CONFIDENCE,
+    LABEL_INFO,
+    LABELS,
+    OVERLAY,
+    POINTS,
+    LabelInfoOutput,
+)
 from ovseg_ros.pipeline import FrameResult, OutputPlan
 from ovseg_ros.points_stage import PointsStage
 from ovseg_ros.ros.adaptive_qos import OVERRIDING_OPTIONS
+from ovseg_ros.ros.compat import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from ovseg_ros.ros.diagnostics import points_status
 from ovseg_ros.ros.input_loss import InputLossEstimator
 from ovseg_ros.ros.inputs import Inputs, factory
-from ovseg_ros.ros.output_messages import OutputMessages, camera_info_message, cloud_message
-from ovseg_ros.ros.qos import OUTPUT_QOS
+from ovseg_ros.ros.output_messages import (
+    OutputMessages,
+    camera_info_message,
+    cloud_message,
+    label_info_message,
+    label_info_types,
+)
+from ovseg_ros.ros.qos import LABEL_INFO_QOS, OUTPUT_QOS
 from ovseg_ros.ros.worker import Frame
-from ovseg_ros.stamps import stamp_ns
+from ovseg_ros.stamps import split_ns, stamp_ns
 
 
 class Camera:
     """Subscriptions (one image transport at a time, depth + camera_info with a points stage)
     and output publishers of camera ``key``."""
 
-    def __init__(self, node: LifecycleNode, key: str = "", depth: PointsStage | None = None):
+    def __init__(
+        self,
+        node: LifecycleNode,
+        key: str = "",
+        depth: PointsStage | None = None,
+        depth_transport: str = "raw",
+    ):
         self.node, self.key = node, key
+        self.depth_transport = depth_transport  # raw | compressedDepth (<depth>/compressedDepth)
         self.input_topic = self._name("image")
         self.depth_topic, self.info_topic = self._name("depth"), self._name(CAMERA_INFO)
         self.prefix = f"~/{key}" if key else "~"
         self.plan = OutputPlan()
         self.depth = depth  # the points stage (depth:=true), else None
+        # The points stage's camera model is the camera's: one camera_info subscription.
+        self.camera_info = depth.camera_info if depth is not None else CameraInfoInput()
         self._publishers = {
             suffix: node.create_lifecycle_publisher(Image, f"{self.prefix}/{suffix}", OUTPUT_QOS)
             for suffix in (LABELS, CONFIDENCE, OVERLAY)
         }
+        self._publishers[CAMERA_INFO] = node.create_lifecycle_publisher(
+            CameraInfo, f"{self.prefix}/{CAMERA_INFO}", OUTPUT_QOS
+        )
         if depth is not None:
             self._publishers[POINTS] = node.create_lifecycle_publisher(
                 PointCloud2, f"{self.prefix}/{POINTS}", OUTPUT_QOS
             )
-            self._publishers[CAMERA_INFO] = node.create_lifecycle_publisher(
-                CameraInfo, f"{self.prefix}/{CAMERA_INFO}", OUTPUT_QOS
+        # "confidence/<class>" and "mask/<class>" -> publisher
+        self._class_publishers: dict[str, object] = {}
+        # ~/label_info where vision_msgs imports (latched: a plain publisher, like ~/vocabulary)
+        self._label_info_types = label_info_types()
+        self._label_info = None
+        if self._label_info_types is not None:
+            self._label_info = node.create_publisher(
+                self._label_info_types[0], f"{self.prefix}/{LABEL_INFO}", LABEL_INFO_QOS
             )
-        self._class_publishers: dict[str, object] = {}  # "confidence/<class>" -> publisher
+        self._label_info_sent: tuple | None = None  # (version, valid_from, threshold)
         self.input_loss = InputLossEstimator()  # frames lost before reaching us, from the stamps
         self._inputs = Inputs(node)  # image, then depth and camera_info with a points stage
         self._image_group = MutuallyExclusiveCallbackGroup()
@@ -115,15 +150,28 @@ class Camera:
             )
         ]
         if self.depth is not None:
-            stage, node, group = self.depth, self.node, self._depth_group
-            factories += [
-                factory(node, Image, self.depth_topic, stage.push_depth, reliability, group),
-                factory(
-                    node, CameraInfo, self.info_topic, stage.push_camera_info, reliability, group
-                ),
-            ]
+            factories.append(self._depth_input(reliability))
+        node, group = self.node, self._depth_group
+        factories.append(
+            factory(node, CameraInfo, self.info_topic, self.camera_info.push, reliability, group)
+        )
         self._active = True
         return self._inputs.subscribe(factories)[0]
+
+    def _depth_input(self, reliability: str) -> Callable[[], Subscription]:
+        """The depth subscription's factory: ``depth`` (raw) or, with ``depth_transport``
+        compressedDepth, ``<resolved depth>/compressedDepth`` only (as the compressed image)."""
+        stage, group = self.depth, self._depth_group
+        if self.depth_transport == "compressedDepth":
+            topic = f"{self.node.resolve_topic_name(self.depth_topic)}/compressedDepth"
+            push, msg_type = stage.push_compressed_depth, CompressedImage
+        elif self.depth_transport == "raw":
+            topic, push, msg_type = self.depth_topic, stage.push_depth, Image
+        else:
+            raise ValueError(
+                f"depth_transport must be raw or compressedDepth, got {self.depth_transport!r}"
+            )
+        return factory(self.node, msg_type, topic, push, reliability, group)
 
     def resubscribe(self) -> str:
         """Recreate the image subscription (its reliability chosen anew); depth is kept."""
@@ -168,9 +216,9 @@ class Camera:
                 self._class_publishers[suffix] = publisher
 
     def listening(self) -> frozenset[str]:
-        """The optional outputs someone subscribes to (overlay, per-class confidence, points):
-        the others are not computed."""
-        optional = [OVERLAY, POINTS, *self._class_publishers]
+        """The outputs besides the labels someone subscribes to (confidence, per-class
+        confidences and masks, overlay, camera_info, points): the others are not computed."""
+        optional = [CONFIDENCE, OVERLAY, CAMERA_INFO, POINTS, *self._class_publishers]
         return frozenset(
             suffix
             for suffix in optional
@@ -197,6 +245,21 @@ class Camera:
             where = f"camera {self.key!r}: " if self.key else ""
             self.node.get_logger().warning(where + warning)
 
+    def publish_label_info(self, vocabulary, valid_from: int | None, threshold: float) -> None:
+        """``~/label_info`` for ``vocabulary`` (stamped with its ``valid_from`` for this
+        camera, once known), when it differs from the last one published; nothing without
+        vision_msgs."""
+        if self._label_info is None or vocabulary is None or valid_from is None:
+            return
+        key = (vocabulary.version, valid_from, float(threshold))
+        if key == self._label_info_sent:
+            return
+        sec, nanosec = split_ns(valid_from)
+        header = Header(stamp=Time(sec=sec, nanosec=nanosec))
+        info = LabelInfoOutput.of(vocabulary, threshold)
+        self._label_info.publish(label_info_message(self._label_info_types, header, info))
+        self._label_info_sent = key
+
     def class_topics(self) -> dict[str, int]:
         """Resolved per-class topic names -> vocabulary entry index."""
         return {
@@ -221,6 +284,9 @@ class Camera:
         for publisher in [*self._publishers.values(), *self._class_publishers.values()]:
             self.node.destroy_lifecycle_publisher(publisher)
         self._publishers, self._class_publishers = {}, {}
+        if self._label_info is not None:
+            self.node.destroy_publisher(self._label_info)
+            self._label_info = None
 
     def _publisher(self, suffix: str):
         return self._publishers.get(suffix) or self._class_publishers.get(suffix)

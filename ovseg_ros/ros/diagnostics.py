@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
+from ovseg_ros.pipeline import OUTPUT_KINDS
 from ovseg_ros.ros.stats import StatsSnapshot, combined
 
 INPUT_LOSS_WARN = 0.05  # share of the camera's frames lost in transport that warns
@@ -142,6 +143,8 @@ def segmentation_status(
         "frames_lost_in_transport": now.input_lost,
         "input_loss_percent": f"{100 * loss:.1f}",
     }
+    # Outputs made so far, by kind: only the labels are made for nobody.
+    values.update({f"computed_{kind}": now.computed.get(kind, 0) for kind in OUTPUT_KINDS})
     for key, samples in (("latency", now.latency), ("inference", now.inference)):
         for q in (50, 90, 99):
             value = np.percentile(samples, q) * 1e3 if samples.size else float("nan")

@@ -35,7 +35,6 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSPolicyKind, qos_policy_name_from_kind
@@ -45,9 +44,10 @@ from ovseg_ros.points_stage import PointsStage
 from ovseg_ros.ros import parameters
 from ovseg_ros.ros.adaptive_qos import ReliabilityFollower
 from ovseg_ros.ros.camera import Camera
+from ovseg_ros.ros.compat import QoSRequestedIncompatibleQoSInfo
 from ovseg_ros.ros.diagnostics import node_info, node_statuses
 from ovseg_ros.ros.lifecycle_guard import guard_change_state
-from ovseg_ros.ros.output_messages import publish_text
+from ovseg_ros.ros.output_messages import label_info_types, publish_text
 from ovseg_ros.ros.qos import VOCABULARY_QOS
 from ovseg_ros.ros.stats import Stats
 from ovseg_ros.ros.versions import VersionLog
@@ -113,7 +113,9 @@ class SegmentNode(LifecycleNode):
         if change.classes is not None:
             number = self._vocabulary.request(change.classes)
             self.get_logger().info(accepted_message(number, change.classes, self.versions.version))
-        queued = Changes(change.confidence, change.overlay_alpha, change.points, change.knobs)
+        queued = Changes(
+            change.confidence, change.overlay_alpha, change.points, change.knobs, change.masks
+        )
         if self._pending.add(queued):
             self.worker.wake()
         return result
@@ -133,9 +135,19 @@ class SegmentNode(LifecycleNode):
         if failure:
             return self._configure_failed(failure)
         self.cameras = [
-            Camera(self, key, self._points_stage(settings) if settings.depth else None)
+            Camera(
+                self,
+                key,
+                self._points_stage(settings) if settings.depth else None,
+                settings.depth_transport,
+            )
             for key in settings.cameras
         ]
+        if label_info_types() is None:
+            self.get_logger().info(
+                "~/label_info is off: vision_msgs does not import here (install "
+                "ros-$ROS_DISTRO-vision-msgs); ~/vocabulary's JSON names the classes"
+            )
         vocabulary = self._segmenter.vocabulary
         publish_vocabulary = partial(publish_text, self._vocabulary_pub)
         publish_vocabulary(self.versions.new_version(vocabulary, self._camera_keys()))
@@ -148,7 +160,10 @@ class SegmentNode(LifecycleNode):
             self._segmenter,
             self.cameras,
             settings=FrameSettings(
-                settings.confidence_classes, settings.overlay_alpha, settings.max_pixels
+                settings.confidence_classes,
+                settings.overlay_alpha,
+                settings.max_pixels,
+                settings.mask_classes,
             ),
             stats=self.stats,
             versions=self.versions,
@@ -254,8 +269,9 @@ class SegmentNode(LifecycleNode):
         """The version last published on ``~/vocabulary`` (0 before the first)."""
         return self.versions.version
 
-    def class_confidence_topics(self) -> dict[str, int]:
-        """Resolved ``~/confidence/<class>`` topic names -> entry index (all cameras)."""
+    def class_topics(self) -> dict[str, int]:
+        """Resolved ``~/confidence/<class>`` and ``~/mask/<class>`` topic names -> entry index
+        (all cameras)."""
         return {t: i for camera in self.cameras for t, i in camera.class_topics().items()}
 
     def _configure_failed(self, reason: str) -> TransitionCallbackReturn:

@@ -24,7 +24,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField, RegionOf
 from std_msgs.msg import Header, String
 
 from ovseg_ros.image_conversion import image_fields_and_array
-from ovseg_ros.outputs import CameraInfoOutput
+from ovseg_ros.outputs import CameraInfoOutput, LabelInfoOutput
 from ovseg_ros.points import PointCloudData
 
 
@@ -124,3 +124,24 @@ def _point_cloud2() -> Any:
 def publish_text(publisher: Any, text: str) -> None:
     """Publish ``text`` as a ``std_msgs/String`` on ``publisher`` (``~/vocabulary``)."""
     publisher.publish(String(data=text))
+
+
+def label_info_types() -> tuple[type, type] | None:
+    """``(vision_msgs.msg.LabelInfo, VisionClass)`` where vision_msgs imports (a ROS install
+    with ``ros-<distro>-vision-msgs``), else None (it has no PyPI wheel)."""
+    try:
+        from vision_msgs.msg import LabelInfo, VisionClass
+    except ImportError:
+        return None
+    return LabelInfo, VisionClass
+
+
+def label_info_message(types: tuple[type, type], header: Header, info: LabelInfoOutput) -> Any:
+    """A ``vision_msgs/LabelInfo`` of ``info`` with ``header``; ``types``: from
+    :func:`label_info_types` (or any classes with the same fields)."""
+    label_info, vision_class = types
+    msg = label_info()
+    msg.header = header
+    msg.class_map = [vision_class(class_id=i, class_name=name) for i, name in info.class_map]
+    msg.threshold = info.threshold
+    return msg

@@ -24,8 +24,8 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
-from ovseg_ros.outputs import is_name_token
-from ovseg_ros.pipeline import class_confidence_topics, string_list
+from ovseg_ros.outputs import CONFIDENCE, MASK, is_name_token
+from ovseg_ros.pipeline import class_topics, string_list
 from ovseg_ros.points_stage import PointsSettings
 from ovseg_ros.segmentation.budget import check_frame_memory
 from ovseg_ros.segmentation.config import FieldSpec, SegmenterConfig, field_specs
@@ -44,8 +44,10 @@ DEFAULT_CLASSES = [
     "door",
 ]
 TRANSPORTS = ("raw", "compressed")
+DEPTH_TRANSPORTS = ("raw", "compressedDepth")
 RELIABILITIES = ("auto", "best_effort", "reliable")
-MAX_CLASS_TOPICS = 32  # ~/confidence/<class> topics: each is a publisher and an image per frame
+MAX_CLASS_TOPICS = 32  # ~/confidence/<class> (or ~/mask/<class>) topics: a publisher and an
+# image per frame each
 MAX_CAMERAS = 16
 MAX_POINTS_CLASSES = 256
 # The node's outputs below a camera's namespace: the longest decides whether a name fits.
@@ -67,6 +69,15 @@ NODE_SPECS: tuple[FieldSpec, ...] = (
         [],
         "Classes (names or synonyms in classes) that get a ~/confidence/<class> topic (32FC1 "
         "probability), named after the class's first synonym; '' entries ignored.",
+        max_items=MAX_CLASS_TOPICS,
+    ),
+    FieldSpec(
+        "mask_classes",
+        list[str],
+        [],
+        "Classes (names or synonyms in classes) that get a ~/mask/<class> topic (mono8: 255 "
+        "where the class is the label, else 0), named like the confidence topics; '' entries "
+        "ignored. Changeable at runtime.",
         max_items=MAX_CLASS_TOPICS,
     ),
     FieldSpec(
@@ -143,6 +154,17 @@ NODE_SPECS: tuple[FieldSpec, ...] = (
         "Publish ~/points (PointCloud2: x y z rgb label confidence) and ~/camera_info: "
         "subscribe depth (16UC1 mm or 32FC1 m, registered to the color image) and "
         "camera_info (of the depth image), per camera.",
+        rebuild=True,
+    ),
+    FieldSpec(
+        "depth_transport",
+        str,
+        "raw",
+        "Depth input (with depth): raw (subscribe depth, sensor_msgs/Image) or compressedDepth "
+        "(subscribe <resolved depth topic>/compressedDepth, sensor_msgs/CompressedImage of "
+        "image_transport_plugins' compressed_depth_image_transport: png or rvl). One "
+        "subscription at a time.",
+        choices=DEPTH_TRANSPORTS,
         rebuild=True,
     ),
     FieldSpec(
@@ -327,11 +349,17 @@ def topic_problem(node: Node, name: str) -> str:
 
 
 def class_topic_problems(
-    node: Node, cameras: list[str], vocabulary: Vocabulary, names: list[str]
+    node: Node,
+    cameras: list[str],
+    vocabulary: Vocabulary,
+    confidence: list[str],
+    masks: list[str] = (),
 ) -> list[str]:
-    """Why the ``~/[<camera>/]confidence/<class>`` topics of ``names`` cannot all be created
-    (one line per bad topic; [] when every camera can have every one)."""
-    topics, _ = class_confidence_topics(vocabulary, names)
+    """Why the ``~/[<camera>/]confidence/<class>`` topics of ``confidence`` and the
+    ``~/[<camera>/]mask/<class>`` topics of ``masks`` cannot all be created (one line per bad
+    topic; [] when every camera can have every one)."""
+    topics, _ = class_topics(vocabulary, confidence, CONFIDENCE)
+    topics.update(class_topics(vocabulary, masks, MASK)[0])
     problems = []
     for key in cameras:
         prefix = f"{key}/" if key else ""
@@ -385,10 +413,12 @@ class NodeSettings:
     classes: list[str]
     cameras: list[str]  # camera keys; [""]: the single-camera mode
     confidence_classes: list[str]
+    mask_classes: list[str]
     overlay_alpha: float
     max_pixels: int
     depth: bool  # subscribe depth + camera_info, publish the labelled cloud
     depth_sync_tolerance: float
+    depth_transport: str  # raw | compressedDepth
     points: PointsSettings
 
 
@@ -406,10 +436,12 @@ def read_settings(node: Node) -> NodeSettings:
         classes=classes,
         cameras=cameras,
         confidence_classes=string_list(value(node, "confidence_classes"), ""),
+        mask_classes=string_list(value(node, "mask_classes"), ""),
         overlay_alpha=float(value(node, "publish_overlay_alpha")),
         max_pixels=int(value(node, "max_image_pixels")),
         depth=bool(value(node, "depth")),
         depth_sync_tolerance=float(value(node, "depth_sync_tolerance")),
+        depth_transport=str(value(node, "depth_transport")),
         points=points_settings(node),
     )
 
@@ -420,6 +452,7 @@ class Change:
 
     classes: list[str] | None = None
     confidence: list[str] | None = None
+    masks: list[str] | None = None
     overlay_alpha: float | None = None
     knobs: dict[str, Any] | None = None
     points: PointsSettings | None = None  # new cloud settings, when any of them changed
@@ -444,13 +477,17 @@ def check_request(
             check_budget(node, config, list(classes))
         except ValueError as exc:
             return _refused(str(exc)), change
-    if cameras and (change.classes is not None or change.confidence is not None):
-        names = change.confidence
-        if names is None:
-            names = string_list(value(node, "confidence_classes"), "confidence_classes")
-        problems = class_topic_problems(node, cameras, build_vocabulary(classes, 0), names)
+    if cameras and any(v is not None for v in (change.classes, change.confidence, change.masks)):
+        confidence, masks = change.confidence, change.masks
+        if confidence is None:
+            confidence = string_list(value(node, "confidence_classes"), "confidence_classes")
+        if masks is None:
+            masks = string_list(value(node, "mask_classes"), "mask_classes")
+        vocabulary = build_vocabulary(classes, 0)
+        problems = class_topic_problems(node, cameras, vocabulary, confidence, masks)
         if problems:
-            return _refused(f"confidence_classes: {problems[0]}"), change
+            which = "mask_classes" if f"/{MASK}/" in problems[0] else "confidence_classes"
+            return _refused(f"{which}: {problems[0]}"), change
     return result, change
 
 
@@ -481,10 +518,13 @@ def check_change(
             except ValueError as exc:
                 return _refused(f"classes: {exc}"), change
             change.classes = list(new)
-        elif name == "confidence_classes":
+        elif name in ("confidence_classes", "mask_classes"):
             if param.type_ not in (Parameter.Type.STRING_ARRAY, Parameter.Type.NOT_SET):
-                return _refused("confidence_classes must be a list of strings"), change
-            change.confidence = string_list(new, name)
+                return _refused(f"{name} must be a list of strings"), change
+            if name == "mask_classes":
+                change.masks = string_list(new, name)
+            else:
+                change.confidence = string_list(new, name)
         elif name == "publish_overlay_alpha":
             if not 0.0 <= float(new) <= 1.0:
                 return _refused("publish_overlay_alpha must be in [0, 1]"), change

@@ -18,6 +18,13 @@ VOCABULARY_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
+# ~/label_info (vision_msgs' convention): latched, the current version's only.
+LABEL_INFO_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
 INPUT_DEPTH = 5
 
 

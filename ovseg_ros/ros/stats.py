@@ -5,7 +5,8 @@ by the executor callbacks (received, dropped), the worker (processed, invalid, e
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,7 @@ class CameraStats:
     latency: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))  # s
     inference: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))  # s
     last_error: str = ""
+    computed: Counter = field(default_factory=Counter)  # output kind -> outputs made
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class StatsSnapshot:
     latency: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [N] seconds
     inference: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [N] seconds
     last_error: str = ""
+    computed: dict[str, int] = field(default_factory=dict)  # output kind -> outputs made
 
 
 class Stats:
@@ -74,11 +77,19 @@ class Stats:
         with self.lock:
             setattr(stats, counter, getattr(stats, counter) + n)
 
-    def record_frame(self, camera: str, inference_s: float, latency_s: float | None) -> None:
-        """A processed frame: its inference time and, for stamped frames, now - stamp."""
+    def record_frame(
+        self,
+        camera: str,
+        inference_s: float,
+        latency_s: float | None,
+        outputs: Iterable[str] = (),
+    ) -> None:
+        """A processed frame: its inference time, for stamped frames now - stamp, and the
+        kinds of output made for it."""
         stats = self.camera(camera)
         with self.lock:
             stats.processed += 1
+            stats.computed.update(outputs)
             stats.inference.append(inference_s)
             if latency_s is not None:
                 stats.latency.append(latency_s)
@@ -113,6 +124,7 @@ def _copy(stats: CameraStats) -> StatsSnapshot:
         latency=np.array(stats.latency, dtype=np.float64),
         inference=np.array(stats.inference, dtype=np.float64),
         last_error=stats.last_error,
+        computed=dict(stats.computed),
     )
 
 
@@ -126,4 +138,5 @@ def combined(snapshots: dict[str, StatsSnapshot]) -> StatsSnapshot:
         latency=np.concatenate([p.latency for p in parts]),
         inference=np.concatenate([p.inference for p in parts]),
         last_error=next((p.last_error for p in reversed(parts) if p.last_error), ""),
+        computed=dict(sum((Counter(p.computed) for p in parts), Counter())),
     )

@@ -25,12 +25,13 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ovseg_ros.image_conversion import ImageConversionError
 from ovseg_ros.log_throttle import KindThrottle, problem_kind, suppressed_note
-from ovseg_ros.pipeline import FrameInput, FrameResult, class_confidence_topics, process_frames
+from ovseg_ros.outputs import CONFIDENCE, MASK
+from ovseg_ros.pipeline import FrameInput, FrameResult, class_topics, process_frames
 from ovseg_ros.points_stage import PointsSettings
 from ovseg_ros.ros.stats import Stats
 from ovseg_ros.ros.versions import VersionLog
@@ -209,11 +210,16 @@ class Changes:
     overlay_alpha: float | None = None
     points: PointsSettings | None = None
     knobs: dict[str, Any] | None = None
+    masks: list[str] | None = None
+
+    @property
+    def class_topics(self) -> bool:
+        """Whether the per-class topics change."""
+        return self.confidence is not None or self.masks is not None
 
     def __bool__(self) -> bool:
-        return any(v is not None for v in (self.confidence, self.overlay_alpha, self.points)) or (
-            bool(self.knobs)
-        )
+        optional = (self.confidence, self.masks, self.overlay_alpha, self.points)
+        return any(v is not None for v in optional) or bool(self.knobs)
 
 
 class PendingChanges:
@@ -237,6 +243,7 @@ class PendingChanges:
             old = self._pending
             self._pending = Changes(
                 confidence=newer("confidence"),
+                masks=newer("masks"),
                 overlay_alpha=newer("overlay_alpha"),
                 points=newer("points"),
                 knobs={**(old.knobs or {}), **(changes.knobs or {})},
@@ -257,12 +264,17 @@ class Camera(Protocol):
     input_topic: str
     plan: Any  # ovseg_ros.pipeline.OutputPlan
     depth: Any  # ovseg_ros.points_stage.PointsStage | None
+    camera_info: Any  # ovseg_ros.camera_info_input.CameraInfoInput
 
     def listening(self) -> frozenset[str]: ...
 
     def set_plan(self, class_topics: dict[str, int], overlay_alpha: float | None) -> None: ...
 
     def publish(self, frame: FrameResult) -> None: ...
+
+    def publish_label_info(
+        self, vocabulary: Any, valid_from: int | None, threshold: float
+    ) -> None: ...
 
 
 @dataclass
@@ -272,6 +284,7 @@ class FrameSettings:
     confidence_classes: list[str]
     overlay_alpha: float
     max_pixels: int
+    mask_classes: list[str] = field(default_factory=list)
 
 
 class RoundJob:
@@ -305,6 +318,7 @@ class RoundJob:
         self._logger, self._clock = logger, clock
         self._warnings = KindThrottle(WARN_THROTTLE_S)  # one throttle per kind of problem
         self.update_plans()
+        self._publish_label_info()
 
     # -- between rounds ------------------------------------------------------------------------
 
@@ -320,6 +334,8 @@ class RoundJob:
                     camera.depth.set_settings(changes.points)
         if changes.confidence is not None:
             self.settings = replace(self.settings, confidence_classes=changes.confidence)
+        if changes.masks is not None:
+            self.settings = replace(self.settings, mask_classes=changes.masks)
         if changes.overlay_alpha is not None:
             self.settings = replace(self.settings, overlay_alpha=changes.overlay_alpha)
         activated = self._vocabulary.activate(self.segmenter.activate_vocabulary)
@@ -329,24 +345,27 @@ class RoundJob:
                 self.versions.new_version(activated.vocabulary, list(self.cameras))
             )
             self._logger.info(activated.message(self.versions.version))
-        if (
-            activated is not None
-            or changes.confidence is not None
-            or (changes.overlay_alpha is not None)
-        ):
+        if changes.knobs and "prob_threshold" in changes.knobs:
+            self._publish_label_info()  # its threshold
+        if activated is not None or changes.class_topics or changes.overlay_alpha is not None:
             self.update_plans()
 
     def update_plans(self) -> None:
         """Every camera's outputs for the current vocabulary and settings, applied to all
         cameras or (should creating a topic fail) to none."""
         vocabulary = self.segmenter.vocabulary
-        names = self.settings.confidence_classes
-        topics, missing = class_confidence_topics(vocabulary, names)
-        if missing:
-            self._logger.warning(
-                f"confidence_classes not in the vocabulary (no topic): {', '.join(missing)}; "
-                f"vocabulary: {', '.join(vocabulary.names)}"
-            )
+        topics: dict[str, int] = {}
+        for parameter, names, prefix in (
+            ("confidence_classes", self.settings.confidence_classes, CONFIDENCE),
+            ("mask_classes", self.settings.mask_classes, MASK),
+        ):
+            found, missing = class_topics(vocabulary, names, prefix)
+            topics.update(found)
+            if missing:
+                self._logger.warning(
+                    f"{parameter} not in the vocabulary (no topic): {', '.join(missing)}; "
+                    f"vocabulary: {', '.join(vocabulary.names)}"
+                )
         previous = {key: camera.plan for key, camera in self.cameras.items()}
         try:
             for camera in self.cameras.values():
@@ -355,6 +374,15 @@ class RoundJob:
             for key, camera in self.cameras.items():  # every camera back to its old topics
                 camera.set_plan(previous[key].class_topics, previous[key].overlay_alpha)
             self._logger.error(f"per-class topics unchanged on every camera: {exc}")
+
+    def _publish_label_info(self) -> None:
+        """Each camera's ``~/label_info`` for the current version, once its ``valid_from`` for
+        that camera is known (the cameras skip what they already sent)."""
+        threshold = self.segmenter.config.prob_threshold
+        for key, camera in self.cameras.items():
+            camera.publish_label_info(
+                self.versions.vocabulary, self.versions.valid_from.get(key), threshold
+            )
 
     # -- a round ---------------------------------------------------------------------------------
 
@@ -369,6 +397,7 @@ class RoundJob:
                 camera.listening(),
                 self.settings.max_pixels,
                 camera.depth,
+                camera.camera_info,
             )
             for camera, frame in round_
         ]
@@ -382,6 +411,7 @@ class RoundJob:
         update = self.versions.frames(stamps)
         if update is not None:
             self._publish_vocabulary(update)  # before these frames' labels
+            self._publish_label_info()
         for (camera, frame), result in zip(round_, results, strict=True):
             if isinstance(result, ImageConversionError):
                 self._invalid(camera, frame, result)
@@ -389,7 +419,7 @@ class RoundJob:
             camera.publish(result)
             stamp = stamps[camera.key]
             latency = (self._clock.now().nanoseconds - stamp) * 1e-9 if stamp > 0 else None
-            self.stats.record_frame(camera.key, result.inference_s, latency)
+            self.stats.record_frame(camera.key, result.inference_s, latency, result.output_kinds())
 
     def on_error(self, message: str) -> None:
         """A round failed (the worker counted it): log it, throttled per exception type."""

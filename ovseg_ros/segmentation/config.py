@@ -244,7 +244,11 @@ class SegmenterConfig:
         min_open=True,
     )
     prob_threshold: float = _setting(
-        0.0, "Pixels whose probability is below this get entry 0.", minimum=0.0, maximum=1.0
+        0.0,
+        "Pixels whose best class's probability is below this are unlabeled: 255 / 65535 in "
+        "the node's and replay's label images, entry 0 (background) in evaluation.",
+        minimum=0.0,
+        maximum=1.0,
     )
 
     # PEARL: Procrustes-aligned attention in the last block.

@@ -154,6 +154,7 @@ def reduce_upsampled(
     prob_threshold: float = 0.0,
     chunk_elements: int = CHUNK_ELEMENTS,
     query_to_entry: torch.Tensor | None = None,
+    unlabeled_id: int | None = None,
 ) -> OutputMaps:
     """``reduce_scores(upsample(scores, size), ...)``'s labels and confidence, never holding
     the ``C x H x W`` upsampled scores or probabilities.
@@ -174,6 +175,9 @@ def reduce_upsampled(
         offsets: ``entry_offsets`` of the vocabulary (queries grouped by entry).
         query_to_entry: ``[Q]`` long, the same grouping on the scores' device (optional:
             saves a host-to-device copy per chunk when entries have synonyms).
+        unlabeled_id: the label of pixels below ``prob_threshold``, their confidence the
+            best entry's probability; None: entry 0 and its probability, as
+            ``reduce_scores`` (the papers' background convention).
     Returns:
         ``OutputMaps`` at ``size``; labels agree with ``reduce_scores`` (a label can differ only
         where two entries' probabilities tie to the last bit), confidence to ~1e-7.
@@ -203,7 +207,7 @@ def reduce_upsampled(
             else:
                 labels = torch.where(better, index.to(torch.int32) + first, labels)
             best_score = torch.maximum(best_score, best, out=best_score)
-        if first == 0 and prob_threshold > 0:
+        if first == 0 and prob_threshold > 0 and unlabeled_id is None:
             first_score = entries[0].clone()  # the background entry's score
         del entries, queries, best, index
     # Rounding is monotone, so this is bit for bit the max of logit_scale * score.
@@ -222,6 +226,11 @@ def reduce_upsampled(
         norm += _exp_shifted(entries, logit_scale, max_logit).sum(dim=0)
         del entries, queries
     if softmax_norm is None:
+        confidence = norm.reciprocal()
+    elif unlabeled_id is not None:
+        # The best entry's probability after renormalisation is exp(0) / norm.
+        below = softmax_norm.reciprocal_() < prob_threshold
+        labels.masked_fill_(below, unlabeled_id)
         confidence = norm.reciprocal()
     else:
         below = softmax_norm.reciprocal_() < prob_threshold  # the best entry's probability

@@ -11,17 +11,15 @@ import torch
 
 from .postprocess import OutputMaps, entry_probability, reduce_scores, upsample_chunk
 from .sync import to_host
-from .vocabulary import Vocabulary
-
-MONO8_ENTRIES = 256  # vocabularies up to this size have uint8 label ids
+from .vocabulary import UINT8_LABEL_ENTRIES, Vocabulary
 
 
 def host_maps(maps: Sequence[OutputMaps], num_entries: int) -> list[OutputMaps]:
     """The frames' labels and confidence ``[H, W]`` copied to the host, all of them with one
     ``to_host`` (one synchronisation per batch); ``max_logit`` and ``norm`` stay where they are.
-    Labels leave the device as uint8 for vocabularies of up to 256 entries (a quarter of the
-    bytes), else int32."""
-    compact = num_entries <= MONO8_ENTRIES
+    Labels leave the device as uint8 for vocabularies of up to 254 entries (a quarter of the
+    bytes; their ids and the unlabeled value 255 fit), else int32."""
+    compact = num_entries <= UINT8_LABEL_ENTRIES
     ids = [m.labels.to(torch.uint8) if compact else m.labels for m in maps]
     arrays = to_host(*ids, *(m.confidence for m in maps))
     n = len(maps)
@@ -34,8 +32,10 @@ def host_maps(maps: Sequence[OutputMaps], num_entries: int) -> list[OutputMaps]:
 class SegmentationResult:
     """One frame's output. ``labels`` (int32) and ``confidence`` (float32) are numpy ``[H, W]``
     at the input image's size; ``label_ids`` are the same labels as they left the device:
-    uint8 for vocabularies of up to 256 entries (a quarter of the bytes), else int32. ``maps``
+    uint8 for vocabularies of up to 254 entries (a quarter of the bytes), else int32. ``maps``
     come from ``host_maps``: labels and confidence on the host (shared without a copy).
+    ``unlabeled_id``: the label of pixels below ``prob_threshold`` when the segmenter was asked
+    to mark them (``segment_batch(..., unlabeled=True)``), else None (they are entry 0).
 
     Memory is linear in pixels: the per-query scores stay at the processing resolution
     (``[Q, h, w]``, on the device) with two ``[H, W]`` normaliser maps, and a class's
@@ -56,7 +56,9 @@ class SegmentationResult:
         query_to_entry: torch.Tensor,
         logit_scale: float,
         prob_threshold: float,
+        unlabeled_id: int | None = None,
     ) -> None:
+        self.unlabeled_id = unlabeled_id
         self.label_ids = maps.labels.numpy()  # [H, W]; a device tensor here is an error
         self.confidence = maps.confidence.numpy()
         self.vocabulary = vocabulary

@@ -36,7 +36,7 @@ from .postprocess import entry_offsets, reduce_upsampled
 from .result import SegmentationResult, host_maps
 from .sync import StageTimer
 from .text_cache import EncodingCancelled, TextEmbeddingCache, default_cache_dir
-from .vocabulary import Vocabulary, build_vocabulary
+from .vocabulary import Vocabulary, build_vocabulary, unlabeled_id
 from .vocabulary_state import (
     PreparedVocabulary,
     VocabularyCancelled,
@@ -210,15 +210,17 @@ class Segmenter:
 
     # -- inference ------------------------------------------------------------------------------
 
-    def segment(self, rgb: np.ndarray, *, timed: bool = False) -> SegmentationResult:
+    def segment(
+        self, rgb: np.ndarray, *, timed: bool = False, unlabeled: bool = False
+    ) -> SegmentationResult:
         """Segment one ``uint8 [H, W, 3]`` RGB frame with the current vocabulary.
 
-        ``timed``: per-stage ``timings`` as well as the total (see ``segment_batch``)."""
-        return self.segment_batch([rgb], timed=timed)[0]
+        ``timed``, ``unlabeled``: see ``segment_batch``."""
+        return self.segment_batch([rgb], timed=timed, unlabeled=unlabeled)[0]
 
     @torch.inference_mode()
     def segment_batch(
-        self, images: Sequence[np.ndarray], *, timed: bool = False
+        self, images: Sequence[np.ndarray], *, timed: bool = False, unlabeled: bool = False
     ) -> list[SegmentationResult]:
         """Segment several ``uint8 [H_i, W_i, 3]`` RGB frames (sizes may differ) together.
 
@@ -234,6 +236,11 @@ class Segmenter:
         On CUDA the one explicit wait for the device is the copy of all frames' labels and
         confidence to the host (``sync``); PEARL and MaskCLIP wait nowhere else (LPOSS's kNN
         graph has data-dependent sizes, read from the device while it is built).
+
+        Pixels whose best class is below ``prob_threshold`` get entry 0 (the papers' and the
+        benchmarks' background convention); ``unlabeled=True`` gives them
+        :func:`~.vocabulary.unlabeled_id` instead (255, or 65535 above 254 entries: a robot's
+        entry 0 is a class like any other) and the best class's probability as confidence.
         """
         self._require_models()
         state = self._state
@@ -280,6 +287,7 @@ class Segmenter:
             )
             timer.lap("tlp")
 
+        unlabeled_value = unlabeled_id(len(state.vocabulary)) if unlabeled else None
         maps = [
             reduce_upsampled(
                 score[0],
@@ -288,6 +296,7 @@ class Segmenter:
                 logit_scale=cfg.logit_scale,
                 prob_threshold=cfg.prob_threshold,
                 query_to_entry=state.query_to_entry,
+                unlabeled_id=unlabeled_value,
             )
             for score, size in zip(scores, sizes, strict=True)
         ]
@@ -304,6 +313,7 @@ class Segmenter:
                 query_to_entry=state.query_to_entry,
                 logit_scale=cfg.logit_scale,
                 prob_threshold=cfg.prob_threshold,
+                unlabeled_id=unlabeled_value,
             )
             for frame_maps, score in zip(maps, scores, strict=True)
         ]

@@ -11,6 +11,15 @@ from dataclasses import dataclass
 SYNONYM_SEPARATOR = ";"
 MAX_NAME_LENGTH = 200  # CLIP's context is 77 tokens; longer names are certainly a mistake
 MAX_ENTRIES = 4096  # far beyond any benchmark (LVIS: 1203); guards against runaway requests
+# Label ids of vocabularies up to this size fit in 8 bits with 255 left for "unlabeled"
+# (vision_msgs/LabelInfo's convention: 255 in mono8 label images, 65535 in mono16).
+UINT8_LABEL_ENTRIES = 254
+
+
+def unlabeled_id(num_entries: int) -> int:
+    """The label of a pixel no class reaches ``prob_threshold`` on: 255 for vocabularies of
+    up to :data:`UINT8_LABEL_ENTRIES` entries (their ids fit 8 bits), else 65535."""
+    return 255 if num_entries <= UINT8_LABEL_ENTRIES else 65535
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from rosbags.interfaces import (
 )
 from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterError
 
+from ovseg_ros.outputs import LABEL_INFO_DEFINITIONS, LABEL_INFO_TYPE
+
 STORAGES: tuple[str, ...] = ("sqlite3", "mcap")
 BAG_VERSION = 9  # rosbag2 metadata version of ROS 2 Jazzy
 _STORAGE_SUFFIXES = {".db3": "sqlite3", ".mcap": "mcap"}
@@ -55,6 +57,19 @@ def new_typestore() -> Any:
     from rosbags.typesys import Stores, get_typestore
 
     return get_typestore(Stores.ROS2_JAZZY)
+
+
+def register_label_info(typestore: Any) -> None:
+    """Register ``vision_msgs/msg/LabelInfo`` (and ``VisionClass``) in ``typestore`` from
+    their definitions, unless it knows them (vision_msgs is in no rosbags store)."""
+    from rosbags.typesys import get_types_from_msg
+
+    if LABEL_INFO_TYPE in typestore.types:
+        return
+    types: dict[str, Any] = {}
+    for name, definition in LABEL_INFO_DEFINITIONS.items():
+        types.update(get_types_from_msg(definition, name))
+    typestore.register(types)
 
 
 def _qos(depth: int, durability: QosDurability) -> Qos:

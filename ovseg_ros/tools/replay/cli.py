@@ -6,13 +6,14 @@ Example::
         --classes "background; floor; wall" "person; man; woman" chair --overlay
 
 The output bag holds what the live node (``segment_node``) publishes, under ``--namespace``
-(default ``/ovseg``): ``labels`` (mono8, mono16 above 256 classes), ``confidence`` (32FC1),
-``confidence/<class>`` per ``--confidence-classes`` entry (32FC1), ``overlay`` (rgb8, with
-``--overlay``) and ``vocabulary`` (std_msgs/String JSON, once, ``valid_from`` stamp 0, offered
-transient-local so a played-back bag latches it). Each image carries its input frame's header
-and is written at the input message's bag timestamp. Unless ``--no-copy-input``, every input
-topic is copied byte for byte, so the result plays back in RViz or Foxglove next to the
-camera. With several image topics, each topic's outputs go under
+(default ``/ovseg``): ``labels`` (mono8, mono16 from 255 classes; 255 / 65535 where no class
+reaches ``prob_threshold``), ``confidence`` (32FC1), ``confidence/<class>`` per
+``--confidence-classes`` entry (32FC1), ``mask/<class>`` per ``--mask-classes`` entry (mono8 0/255),
+``overlay`` (rgb8, with ``--overlay``) and ``vocabulary`` (std_msgs/String JSON, once,
+``valid_from`` stamp 0, offered transient-local so a played-back bag latches it). Each image
+carries its input frame's header and is written at the input message's bag timestamp. Unless
+``--no-copy-input``, every input topic is copied byte for byte, so the result plays back in RViz
+or Foxglove next to the camera. With several image topics, each topic's outputs go under
 ``<namespace>/<image topic>``.
 
 Unlike the node, no frame is dropped. A frame that cannot be decoded is reported and skipped.
@@ -154,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="classes that get a <namespace>/confidence/<class> topic (default: params file's)",
     )
+    parser.add_argument(
+        "--mask-classes",
+        nargs="*",
+        default=None,
+        help="classes that get a <namespace>/mask/<class> topic, mono8 0/255 (default: params "
+        "file's)",
+    )
     add_engine_arguments(parser)
     add_params_arguments(parser)
     parser.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="output topic namespace")
@@ -190,7 +198,11 @@ def _add_depth_arguments(parser: argparse.ArgumentParser) -> None:
         "depth:=true); the cloud options default to the params file's values",
     )
     add = group.add_argument
-    add("--depth-topic", help="registered depth Image topic (16UC1 mm or 32FC1 m)")
+    add(
+        "--depth-topic",
+        help="registered depth topic: Image (16UC1 mm or 32FC1 m) or its compressedDepth "
+        "CompressedImage (png or rvl), told apart by the bag's message type",
+    )
     add("--camera-info-topic", help="CameraInfo topic of the depth image")
     add("--depth-sync-tolerance", type=float, help="seconds (default 0.02)")
     add("--points-stride", type=int, help="use every n-th depth pixel (default 1)")

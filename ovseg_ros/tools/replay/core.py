@@ -22,7 +22,13 @@ from ovseg_ros.image_conversion import (
     ImageConversionError,
     array_to_image_fields,
 )
-from ovseg_ros.outputs import vocabulary_json
+from ovseg_ros.outputs import (
+    LABEL_INFO,
+    LABEL_INFO_TYPE,
+    VISION_CLASS_TYPE,
+    LabelInfoOutput,
+    vocabulary_json,
+)
 from ovseg_ros.pipeline import FrameInput, OutputPlan, process_frame
 from ovseg_ros.stamps import stamp_ns, stamp_text
 from ovseg_ros.tools.replay.bag_io import (
@@ -32,6 +38,7 @@ from ovseg_ros.tools.replay.bag_io import (
     copy_connection,
     new_typestore,
     open_writer,
+    register_label_info,
     remove_bag,
     sigint_ignored,
 )
@@ -45,9 +52,9 @@ from ovseg_ros.tools.replay.plan import (
     ReplayOptions,
     ReplayPlan,
     ReplayStats,
-    confidence_topics,
     normalize_namespace,
     open_input,
+    per_class_topics,
     plan_from_reader,
     stderr_log,
 )
@@ -145,7 +152,7 @@ def _start(reader: Any, options: ReplayOptions, segmenter: Any) -> ReplayStats:
     if segmenter.vocabulary is None:
         raise ReplayError("the segmenter has no vocabulary: call set_vocabulary() first")
     plan = plan_from_reader(reader, options)
-    confidence_topics(segmenter.vocabulary, options.confidence_classes)
+    per_class_topics(segmenter.vocabulary, options)
     return ReplayStats(input=options.input, output=options.output, plan=plan)
 
 
@@ -161,7 +168,7 @@ def _replay_messages(
     """One pass over the input in time order: copy messages, segment image frames."""
     out = OutputBag(writer, new_typestore(), stats)
     output_plan = OutputPlan(
-        class_topics=confidence_topics(segmenter.vocabulary, options.confidence_classes),
+        class_topics=per_class_topics(segmenter.vocabulary, options),
         overlay_alpha=options.overlay_alpha if options.overlay else None,
     )
     groups = add_groups(out, options, stats.plan, output_plan)
@@ -227,6 +234,7 @@ class OutputGroup:
     compressed: bool
     vocabulary: Any
     connections: dict[str, Any]
+    label_info: Any = None  # vision_msgs/msg/LabelInfo, beside the vocabulary
     vocabulary_written: bool = False
     points: PointsWriter | None = None  # with --depth-topic
 
@@ -238,6 +246,7 @@ class OutputBag:
         self.writer, self.typestore, self.stats = writer, typestore, stats
         self._image = typestore.types[IMAGE_TYPE]
         self._string = typestore.types[STRING_TYPE]
+        register_label_info(typestore)
 
     def add(self, topic: str, msgtype: str, qos: Any) -> Any:
         connection = self.writer.add_connection(
@@ -261,6 +270,21 @@ class OutputBag:
     def write_string(self, connection: Any, timestamp: int, text: str) -> None:
         self.write_message(connection, timestamp, self._string(data=text), STRING_TYPE)
 
+    def write_label_info(self, connection: Any, timestamp: int, info: LabelInfoOutput) -> None:
+        """A ``vision_msgs/LabelInfo`` stamped 0 (the run's one version is valid from the
+        start), as the node publishes ``~/label_info``."""
+        types = self.typestore.types
+        header = types["std_msgs/msg/Header"](
+            stamp=types["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id=""
+        )
+        vision_class = types[VISION_CLASS_TYPE]
+        msg = types[LABEL_INFO_TYPE](
+            header=header,
+            class_map=[vision_class(class_id=i, class_name=name) for i, name in info.class_map],
+            threshold=info.threshold,
+        )
+        self.write_message(connection, timestamp, msg, LABEL_INFO_TYPE)
+
     def write_message(self, connection: Any, timestamp: int, msg: Any, msgtype: str) -> None:
         """Serialise a typestore message of ``msgtype`` and write it, counting it."""
         self.writer.write(connection, timestamp, self.typestore.serialize_cdr(msg, msgtype))
@@ -283,6 +307,7 @@ def add_groups(
             image_topic=topic,
             compressed=msgtype == COMPRESSED_TYPE,
             vocabulary=out.add(f"{prefix}/vocabulary", STRING_TYPE, LATCHED_QOS),
+            label_info=out.add(f"{prefix}/{LABEL_INFO}", LABEL_INFO_TYPE, LATCHED_QOS),
             connections={s: out.add(f"{prefix}/{s}", IMAGE_TYPE, RELIABLE_QOS) for s in suffixes},
             points=PointsWriter(out, prefix) if options.depth is not None else None,
         )
@@ -339,6 +364,10 @@ class FrameProcessor:
             # activation).
             text = vocabulary_json(self.vocabulary, {"": 0})
             out.write_string(group.vocabulary, timestamp, text)
+            threshold = self.segmenter.config.prob_threshold
+            out.write_label_info(
+                group.label_info, timestamp, LabelInfoOutput.of(self.vocabulary, threshold)
+            )
             group.vocabulary_written = True
         try:
             msg = out.typestore.deserialize_cdr(raw, msgtype)
@@ -346,10 +375,13 @@ class FrameProcessor:
             self._skip("corrupt message", group, timestamp, None, f"cannot deserialize: {exc}")
             return
         depth = self.aligner.stage if group.points is not None and self.aligner else None
+        camera_info = depth.camera_info if depth is not None else None
         try:
             frame = process_frame(
                 self.segmenter,
-                FrameInput(msg, group.compressed, self.plan, None, self.max_pixels, depth),
+                FrameInput(
+                    msg, group.compressed, self.plan, None, self.max_pixels, depth, camera_info
+                ),
             )
         except ImageConversionError as exc:
             reason = "larger than max_image_pixels" if exc.kind == "limit" else "undecodable image"

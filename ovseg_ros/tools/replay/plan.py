@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS
-from ovseg_ros.outputs import is_name_token
-from ovseg_ros.pipeline import class_confidence_topics
+from ovseg_ros.outputs import CONFIDENCE, MASK, is_name_token
+from ovseg_ros.pipeline import class_topics
 from ovseg_ros.points_stage import PointsSettings
 from ovseg_ros.tools.cli import UsageError
 from ovseg_ros.tools.replay.bag_io import (
@@ -78,6 +78,7 @@ class ReplayOptions:
     image_topics: tuple[str, ...] = ()  # empty: the bag's only image topic
     namespace: str = DEFAULT_NAMESPACE
     confidence_classes: tuple[str, ...] = ()  # names or synonyms in the vocabulary
+    mask_classes: tuple[str, ...] = ()  # the same, for <namespace>/mask/<class>
     overlay: bool = False
     overlay_alpha: float = 0.5
     copy_input: bool = True
@@ -150,16 +151,23 @@ def normalize_namespace(namespace: str) -> str:
     return "".join(f"/{token}" for token in tokens)
 
 
-def confidence_topics(vocabulary: Any, names: Sequence[str]) -> dict[str, int]:
-    """``{"confidence/<class>": entry index}``, named as the node names them
-    (:func:`ovseg_ros.pipeline.class_confidence_topics`); a name not in the vocabulary is a
+def per_class_topics(vocabulary: Any, options: ReplayOptions) -> dict[str, int]:
+    """``{"confidence/<class>" or "mask/<class>": entry index}`` for ``options``'
+    ``confidence_classes`` and ``mask_classes``, named as the node names them
+    (:func:`ovseg_ros.pipeline.class_topics`); a name not in the vocabulary is a
     :class:`ReplayError`."""
-    topics, missing = class_confidence_topics(vocabulary, names)
-    if missing:
-        raise ReplayError(
-            f"confidence class {missing[0]!r} is not in the vocabulary: "
-            f"{', '.join(vocabulary.names)}"
-        )
+    topics: dict[str, int] = {}
+    for kind, names, prefix in (
+        ("confidence", options.confidence_classes, CONFIDENCE),
+        ("mask", options.mask_classes, MASK),
+    ):
+        found, missing = class_topics(vocabulary, names, prefix)
+        if missing:
+            raise ReplayError(
+                f"{kind} class {missing[0]!r} is not in the vocabulary: "
+                f"{', '.join(vocabulary.names)}"
+            )
+        topics.update(found)
     return topics
 
 
@@ -197,16 +205,18 @@ def _select_image_topics(reader: Any, requested: Sequence[str]) -> dict[str, str
 
 def _check_depth_topics(reader: Any, depth: DepthOptions, image_topics: dict[str, str]) -> None:
     """Both depth topics in the bag with the right types, and exactly one image topic (a
-    depth stream belongs to one camera)."""
+    depth stream belongs to one camera). The depth topic is an Image (raw depth) or a
+    CompressedImage (compressedDepth): its messages are decoded by their type."""
     types = {c.topic: c.msgtype for c in reader.connections}
-    for flag, topic, msgtype in (
-        ("--depth-topic", depth.depth_topic, IMAGE_TYPE),
-        ("--camera-info-topic", depth.camera_info_topic, CAMERA_INFO_TYPE),
+    for flag, topic, msgtypes in (
+        ("--depth-topic", depth.depth_topic, IMAGE_TYPES),
+        ("--camera-info-topic", depth.camera_info_topic, (CAMERA_INFO_TYPE,)),
     ):
         if topic not in types:
             raise ReplayError(f"{flag} {topic} is not in the bag")
-        if types[topic] != msgtype:
-            raise ReplayError(f"{flag} {topic} is {types[topic]}, not {msgtype}")
+        if types[topic] not in msgtypes:
+            expected = " or ".join(msgtypes)
+            raise ReplayError(f"{flag} {topic} is {types[topic]}, not {expected}")
     if len(image_topics) != 1:
         raise ReplayError(
             "--depth-topic needs exactly one image topic (the color camera it is registered "

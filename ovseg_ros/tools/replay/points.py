@@ -1,7 +1,8 @@
 """``ovseg-replay --depth-topic T --camera-info-topic T``: labelled clouds into the output bag.
 
 The same :class:`~ovseg_ros.points_stage.PointsStage` as the node pairs each color frame with
-the depth frame of nearest stamp and builds ``<namespace>/points`` (PointCloud2, header stamp
+the depth frame of nearest stamp (a raw Image, or compressedDepth when the bag's depth topic is
+a CompressedImage) and builds ``<namespace>/points`` (PointCloud2, header stamp
 of the color frame, frame_id of the depth image) and ``<namespace>/camera_info`` (the latest
 CameraInfo with the labels' header, scaled to their size), both written at the color frame's
 bag timestamp.
@@ -25,7 +26,7 @@ from ovseg_ros.pipeline import FrameResult
 from ovseg_ros.points_stage import PointsStage
 from ovseg_ros.stamps import stamp_ns
 from ovseg_ros.tools.replay.bag_io import RELIABLE_QOS
-from ovseg_ros.tools.replay.plan import CAMERA_INFO_TYPE, DepthOptions
+from ovseg_ros.tools.replay.plan import CAMERA_INFO_TYPE, COMPRESSED_TYPE, DepthOptions
 
 POINTCLOUD2_TYPE = "sensor_msgs/msg/PointCloud2"
 MAX_WAITING = 8  # color frames held back waiting for their depth partner
@@ -50,7 +51,10 @@ class DepthAligner:
         """Take a depth or camera_info message; yields the color frames now ready."""
         msg = self.typestore.deserialize_cdr(raw, msgtype)
         if topic == self.options.depth_topic:
-            self.stage.push_depth(msg)
+            if msgtype == COMPRESSED_TYPE:  # compressedDepth (png or rvl)
+                self.stage.push_compressed_depth(msg)
+            else:
+                self.stage.push_depth(msg)
             self._latest_depth_ns = stamp_ns(msg.header.stamp)
         else:
             self.stage.push_camera_info(msg)

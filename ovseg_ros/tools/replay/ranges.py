@@ -5,9 +5,9 @@ replay pass (:func:`ovseg_ros.tools.replay.core.replay_stream`) over one time wi
 and collects what it would write, serialised, instead of writing a file; the driver writes
 the windows into ONE output bag in bag-time order. Windows partition the message stream by
 bag time, so the pieces put back together are what a single run writes: the same
-connections, every message once, in order. The only thing a window repeats is the latched
-vocabulary message (each window writes it before its first frame); the writer keeps the
-first one.
+connections, every message once, in order. The only things a window repeats are the latched
+vocabulary and label_info messages (each window writes them before its first frame); the
+writer keeps the first of each.
 
 Nothing here imports Ray: the pieces are plain picklable data, so any scheduler can move them.
 """
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ovseg_ros.outputs import LABEL_INFO_TYPE
 from ovseg_ros.tools.replay.bag_io import BagError, open_reader, open_writer, remove_bag
 from ovseg_ros.tools.replay.core import replay_stream
 from ovseg_ros.tools.replay.plan import (
@@ -239,7 +240,8 @@ class OrderedBagWriter:
                     offered_qos_profiles=list(spec.qos),
                 )
             )
-            if outputs.get(spec.topic) == STRING_TYPE and spec.msgtype == STRING_TYPE:
+            latched = spec.msgtype in (STRING_TYPE, LABEL_INFO_TYPE)
+            if latched and outputs.get(spec.topic) == spec.msgtype:
                 self._latched.add(index)
 
     def _write(self, output: RangeOutput) -> int:

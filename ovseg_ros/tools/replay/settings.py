@@ -21,7 +21,7 @@ from ovseg_ros.tools.replay.plan import (
     ReplayError,
     ReplayOptions,
     absolute_topic,
-    confidence_topics,
+    per_class_topics,
     stderr_log,
 )
 
@@ -52,7 +52,7 @@ def read_settings(args: argparse.Namespace, input_bag: Path, output_bag: Path) -
     except ValueError as exc:
         raise ReplayError(f"invalid classes: {exc}") from exc
     options = _options(args, params, draft, input_bag, output_bag)
-    confidence_topics(draft, options.confidence_classes)
+    per_class_topics(draft, options)
     return ReplaySettings(config, list(classes), draft, options)
 
 
@@ -83,18 +83,11 @@ def _options(
     input_bag: Path,
     output_bag: Path,
 ) -> ReplayOptions:
-    """ReplayOptions from the flags; params-file confidence classes not in the vocabulary are
-    dropped with a warning (as the node does), unknown --confidence-classes are an error."""
-    if args.confidence_classes is not None:
-        confidence = [c.strip() for c in args.confidence_classes if c.strip()]
-    else:
-        confidence = []
-        for name in _string_list(params.get("confidence_classes"), "confidence_classes"):
-            try:
-                vocabulary.index(name)
-                confidence.append(name)
-            except KeyError:
-                stderr_log(f"warning: params file confidence class {name!r} not in --classes")
+    """ReplayOptions from the flags; params-file confidence or mask classes not in the
+    vocabulary are dropped with a warning (as the node does), unknown --confidence-classes or
+    --mask-classes are an error."""
+    confidence = _class_names(args.confidence_classes, params, "confidence", vocabulary)
+    masks = _class_names(args.mask_classes, params, "mask", vocabulary)
     alpha = args.overlay_alpha
     if alpha is None:
         try:
@@ -110,10 +103,28 @@ def _options(
         **{name: getattr(args, name) for name in as_given},
         image_topics=tuple(args.image_topic),
         confidence_classes=tuple(confidence),
+        mask_classes=tuple(masks),
         overlay_alpha=alpha,
         depth=depth_options(args, params),
         max_image_pixels=_max_image_pixels(args, params),
     )
+
+
+def _class_names(
+    given: list[str] | None, params: dict[str, Any], kind: str, vocabulary: Any
+) -> list[str]:
+    """``--<kind>-classes`` as given, else the params file's ``<kind>_classes`` that are in
+    the vocabulary (the others dropped with a warning)."""
+    if given is not None:
+        return [c.strip() for c in given if c.strip()]
+    names = []
+    for name in _string_list(params.get(f"{kind}_classes"), f"{kind}_classes"):
+        try:
+            vocabulary.index(name)
+            names.append(name)
+        except KeyError:
+            stderr_log(f"warning: params file {kind} class {name!r} not in --classes")
+    return names
 
 
 def _max_image_pixels(args: argparse.Namespace, params: dict[str, Any]) -> int:
