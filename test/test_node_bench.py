@@ -25,7 +25,7 @@ def test_node_bench_prints_table_with_sane_numbers(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| method | device | dtype | QoS | size | sent | labelled |" in out
     assert "| engine alone p50/p90/p99 | engine in node p50/p90/p99 | in node / alone |" in out
-    assert "| pearl | cpu | default | reliable | 640x480 | 20 |" in out
+    assert f"| pearl | cpu | default | reliable | 640x480 | {int(RATE * DURATION)} |" in out
 
     document = json.loads(path.read_text())
     assert document["meta"]["mode"] == "node"
