@@ -369,3 +369,86 @@ def test_diagnostics_values() -> None:
         elapsed_s=1.0,
     )
     assert again.level == DiagnosticStatus.OK
+
+
+class RecordingCamera:
+    """A camera of the round job (its ``Camera`` protocol) that records what it is given."""
+
+    def __init__(self, key: str) -> None:
+        self.key, self.input_topic = key, f"{key}/image"
+        self.plan, self.depth, self.camera_info = None, None, None
+        self.frames: list = []
+        self.label_infos: list[tuple[int, int | None, float]] = []
+
+    def listening(self) -> frozenset[str]:
+        return frozenset()
+
+    def set_plan(self, class_topics, overlay_alpha) -> None:
+        from ovseg_ros.pipeline import OutputPlan
+
+        self.plan = OutputPlan(dict(class_topics), overlay_alpha)
+
+    def publish(self, frame) -> None:
+        self.frames.append(frame)
+
+    def publish_label_info(self, vocabulary, valid_from, threshold) -> None:
+        if vocabulary is not None and valid_from is not None:
+            self.label_infos.append((vocabulary.version, valid_from, threshold))
+
+
+class _Logger:
+    def info(self, text: str) -> None: ...
+
+    def warning(self, text: str) -> None: ...
+
+    def error(self, text: str) -> None: ...
+
+
+class _Clock:
+    def now(self):
+        class Now:
+            nanoseconds = time.time_ns()
+
+        return Now()
+
+
+def test_label_info_follows_each_cameras_valid_from_and_the_threshold() -> None:
+    """What ~/label_info carries (where vision_msgs imports): the first version from stamp 0,
+    a new version from each camera's first frame labelled with it, and a threshold change;
+    only the labels are made for cameras nobody listens to."""
+    from ovseg_ros.harness.frames import stamped_frame
+    from ovseg_ros.ros.vocabulary_updater import VocabularyUpdater
+    from ovseg_ros.ros.worker import FrameSettings, RoundJob
+    from ovseg_ros.segmentation import build_segmenter, tiny_config
+
+    segmenter = build_segmenter(tiny_config(templates="single", short_side=0))
+    segmenter.set_vocabulary(["floor", "door"])
+    cameras = [RecordingCamera("a"), RecordingCamera("b")]
+    versions, published = VersionLog(), []
+    published.append(versions.new_version(segmenter.vocabulary, ["a", "b"]))
+    ready = threading.Event()
+    updater = VocabularyUpdater(lambda: segmenter, ready.set, lambda level, text: None)
+    pending = PendingChanges()
+    job = RoundJob(
+        segmenter, cameras, settings=FrameSettings([], 0.5, 10**7), stats=Stats(),
+        versions=versions, publish_vocabulary=published.append, vocabulary=updater,
+        changes=pending, logger=_Logger(), clock=_Clock(),
+    )  # fmt: skip
+    assert [c.label_infos for c in cameras] == [[(1, 0, 0.0)], [(1, 0, 0.0)]]
+
+    updater.request(["floor", "door", "chair"])
+    assert ready.wait(60)
+    job.between_rounds()
+    assert versions.version == 2 and all(len(c.label_infos) == 1 for c in cameras)
+    frame = lambda key, sec: Frame(key, stamped_frame(sec, 32, 24), False)  # noqa: E731
+    job.process([frame("a", 7)])  # camera a's first frame of version 2: valid from 7 s
+    assert cameras[0].label_infos[-1] == (2, 7 * 10**9, 0.0) and len(cameras[1].label_infos) == 1
+    job.process([frame("a", 8), frame("b", 9)])
+    assert cameras[0].label_infos[-1] == (2, 7 * 10**9, 0.0)
+    assert cameras[1].label_infos[-1] == (2, 9 * 10**9, 0.0)
+    assert [f.output_kinds() for f in cameras[1].frames] == [["labels"]]  # nobody listens
+
+    pending.add(Changes(knobs={"prob_threshold": 0.4}))
+    job.between_rounds()
+    assert [c.label_infos[-1][2] for c in cameras] == [0.4, 0.4]
+    updater.stop(5.0)
