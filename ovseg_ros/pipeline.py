@@ -99,9 +99,7 @@ class FrameResult:
     def output_kinds(self) -> list[str]:
         """What was made for this frame, by kind (:data:`OUTPUT_KINDS`; a kind once per
         output, e.g. ``mask`` twice for two masks)."""
-        kinds = [image.suffix.split("/")[0] for image in self.images]
-        kinds = [f"class_{kind}" if kind == CONFIDENCE and "/" in image.suffix else kind
-                 for kind, image in zip(kinds, self.images, strict=True)]  # fmt: skip
+        kinds = [_output_kind(image.suffix) for image in self.images]
         if self.camera_info is not None:
             kinds.append(CAMERA_INFO)
         if self.cloud is not None:
@@ -110,7 +108,15 @@ class FrameResult:
 
 
 # The kinds of output a frame can make (``FrameResult.output_kinds``), for diagnostics.
-OUTPUT_KINDS = (LABELS, CONFIDENCE, f"class_{CONFIDENCE}", MASK, OVERLAY, CAMERA_INFO, POINTS)
+CLASS_CONFIDENCE = f"class_{CONFIDENCE}"  # any "confidence/<class>"
+OUTPUT_KINDS = (LABELS, CONFIDENCE, CLASS_CONFIDENCE, MASK, OVERLAY, CAMERA_INFO, POINTS)
+
+
+def _output_kind(suffix: str) -> str:
+    """``"confidence/door"`` -> ``class_confidence``, ``"mask/door"`` -> ``mask``, else the
+    suffix itself."""
+    prefix, per_class, _ = suffix.partition("/")
+    return CLASS_CONFIDENCE if per_class and prefix == CONFIDENCE else prefix
 
 
 def string_list(value: Any, name: str) -> list[str]:
