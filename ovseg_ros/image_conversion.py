@@ -146,7 +146,7 @@ def image_to_rgb(
             f" = {row_bytes} for {encoding}",
             kind="step",
         )
-    buffer = _as_bytes(data)
+    buffer = as_byte_array(data)
     if buffer.size < step * height:
         raise ImageConversionError(
             f"data has {buffer.size} bytes, expected step * height = {step} * {height}"
@@ -274,7 +274,7 @@ def compressed_to_rgb(
             f"unsupported compressed format {format!r}; supported: jpeg, png (and webp, bmp, tiff)",
             kind="encoding",
         )
-    buffer = _as_bytes(data)
+    buffer = as_byte_array(data)
     if buffer.size == 0:
         raise ImageConversionError("compressed image has no data", kind="data")
     _check_header(buffer, format, max_pixels)
@@ -368,7 +368,7 @@ def _check_header(buffer: np.ndarray, format: str, max_pixels: int | None) -> No
     _check_size(size[1], size[0], max_pixels, what="compressed image")
 
 
-def _as_bytes(data: Any) -> np.ndarray:
+def as_byte_array(data: Any) -> np.ndarray:
     """A flat ``uint8`` view of ``data`` (no copy where the buffer protocol allows it)."""
     if isinstance(data, np.ndarray):
         return np.ascontiguousarray(data).reshape(-1).view(np.uint8)

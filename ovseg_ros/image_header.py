@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); not DHT (C4),
 # JPG (C8) or DAC (CC), which share the range.
 _JPEG_SOF = frozenset(
@@ -38,7 +38,7 @@ def compressed_image_size(data: Any) -> tuple[int, int] | None:
     subclass :class:`HeaderTooLargeError` where the size itself is absurd)."""
     view = memoryview(data).cast("B")
     head = bytes(view[:32])
-    if head.startswith(_PNG_SIGNATURE):
+    if head.startswith(PNG_SIGNATURE):
         return _png_size(head)
     if head.startswith(b"\xff\xd8"):
         return _jpeg_size(view)
@@ -49,11 +49,18 @@ def compressed_image_size(data: Any) -> tuple[int, int] | None:
     return _pillow_size(view)
 
 
-def _png_size(head: bytes) -> tuple[int, int]:
-    # Signature, then the IHDR chunk: length (4), type (4), width (4), height (4), big-endian.
-    if len(head) < 24 or head[12:16] != b"IHDR":
+def png_ihdr(head: bytes) -> tuple[int, int, int, int]:
+    """``(width, height, bit depth, colour type)`` from the first 26 bytes of a PNG (its
+    signature, then the IHDR chunk: length, type, width, height big-endian, bit depth, colour
+    type); :class:`HeaderError` when they are not there."""
+    if len(head) < 26 or head[12:16] != b"IHDR":
         raise HeaderError("PNG without an IHDR chunk")
-    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return width, height, head[24], head[25]
+
+
+def _png_size(head: bytes) -> tuple[int, int]:
+    return png_ihdr(head)[:2]
 
 
 def _jpeg_size(view: memoryview) -> tuple[int, int]:

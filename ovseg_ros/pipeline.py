@@ -157,6 +157,22 @@ def class_topics(
     return topics, missing
 
 
+def per_class_topics(
+    vocabulary: Any, confidence: Iterable[str], masks: Iterable[str]
+) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """The per-class topics of ``confidence_classes`` and ``mask_classes`` together
+    (:func:`class_topics`), and the names not in the vocabulary by parameter."""
+    topics: dict[str, int] = {}
+    missing: dict[str, list[str]] = {}
+    for parameter, names, prefix in (
+        ("confidence_classes", confidence, CONFIDENCE),
+        ("mask_classes", masks, MASK),
+    ):
+        found, missing[parameter] = class_topics(vocabulary, names, prefix)
+        topics.update(found)
+    return topics, missing
+
+
 def image_outputs(rgb: np.ndarray, result: Any, frame: FrameInput) -> list[ImageOutput]:
     """The image outputs of one segmented frame: labels always; confidence, per-class
     confidences and masks, and the overlay when planned and wanted."""

@@ -402,6 +402,20 @@ def test_no_camera_info_ever_received(context, camera):
         stop_node(node, executor)
 
 
+def _record_points_and_labels(camera, node_name: str, keys: tuple[str, ...]) -> dict[str, list]:
+    """Subscribe ``/<node_name>/<key>/points`` and ``.../labels`` of every camera key; the
+    messages received per ``"<key>/points"`` / ``"<key>/labels"``."""
+    got: dict[str, list] = {}
+    for kind, msg_type in (("points", PointCloud2), ("labels", Image)):
+        for key in keys:
+            topic = f"{key}/{kind}"
+            got[topic] = []
+            camera.node.create_subscription(
+                msg_type, f"/{node_name}/{topic}", got[topic].append, RELIABLE
+            )
+    return got
+
+
 def test_every_camera_has_its_own_depth_inputs(context, camera):
     """With cameras, camera c pairs c/depth + c/camera_info with c/image into ~/c/points."""
     node, executor = _start_node(context, "ovseg_duo", cameras=["left", "right"])
@@ -411,17 +425,7 @@ def test_every_camera_has_its_own_depth_inputs(context, camera):
             for cam in ("left", "right")
             for kind, msg_type in (("image", Image), ("depth", Image), ("camera_info", CameraInfo))
         }
-        got: dict[str, list] = {}
-        for topic, msg_type in (
-            ("left/points", PointCloud2),
-            ("right/points", PointCloud2),
-            ("left/labels", Image),
-            ("right/labels", Image),
-        ):
-            got[topic] = []
-            camera.node.create_subscription(
-                msg_type, f"/ovseg_duo/{topic}", got[topic].append, RELIABLE
-            )
+        got = _record_points_and_labels(camera, "ovseg_duo", ("left", "right"))
         assert wait_until(lambda: node.count_subscribers("/ovseg_duo/right/labels") > 0)
         assert wait_until(lambda: camera.node.count_subscribers("/left/depth") > 0)
         frame = Frame(600, "32FC1")
@@ -497,17 +501,7 @@ def test_compressed_depth_transport_per_camera(context, camera):
                 ("camera_info", CameraInfo, f"/{cam}/camera_info"),
             )
         }
-        got: dict[str, list] = {}
-        for topic, msg_type in (
-            ("a/points", PointCloud2),
-            ("b/points", PointCloud2),
-            ("a/labels", Image),
-            ("b/labels", Image),
-        ):
-            got[topic] = []
-            camera.node.create_subscription(
-                msg_type, f"/ovseg_packed/{topic}", got[topic].append, RELIABLE
-            )
+        got = _record_points_and_labels(camera, "ovseg_packed", ("a", "b"))
         assert wait_until(lambda: node.count_subscribers("/ovseg_packed/b/labels") > 0)
         assert wait_until(lambda: camera.node.count_subscribers(depth_topics["b"]) > 0)
         frames = {

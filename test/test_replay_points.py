@@ -42,14 +42,9 @@ def rgb_of(i: int) -> np.ndarray:
     return np.random.default_rng(i).integers(0, 256, (H, W, 3), dtype=np.uint8)
 
 
-def rgbd_bag(path: Path, storage: str, d: list[float]) -> dict:
-    """Color, 16UC1 depth and camera_info of the scene; returns the analytic answer."""
-    scene = _scene(d)
-    invalid = np.random.default_rng(9).random((H, W)) < 0.05
-    step, data = _depth_message(scene["z"], "16UC1", invalid)
-    z = np.round(scene["z"] * 1000) / 1000
-    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-    info = CameraInfo(
+def camera_info(d: list[float]) -> object:
+    """The depth camera's plumb_bob model with distortion ``d`` (its header set per frame)."""
+    return CameraInfo(
         header=header(0, 0, "depth_optical"),
         height=H,
         width=W,
@@ -62,21 +57,36 @@ def rgbd_bag(path: Path, storage: str, d: list[float]) -> dict:
         binning_y=0,
         roi=ROI(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
     )
+
+
+def color_frame(i: int) -> object:
+    """Color frame ``i`` (stamp 50 + i s + 4 ms)."""
+    return Image(
+        header=header(50 + i, 4_000_000, "color_optical"),
+        height=H,
+        width=W,
+        encoding="rgb8",
+        is_bigendian=0,
+        step=W * 3,
+        data=rgb_of(i).reshape(-1),
+    )
+
+
+def rgbd_bag(path: Path, storage: str, d: list[float]) -> dict:
+    """Color, 16UC1 depth and camera_info of the scene; returns the analytic answer."""
+    scene = _scene(d)
+    invalid = np.random.default_rng(9).random((H, W)) < 0.05
+    step, data = _depth_message(scene["z"], "16UC1", invalid)
+    z = np.round(scene["z"] * 1000) / 1000
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    info = camera_info(d)
     with Writer(path, version=9, storage_plugin=plugin) as writer:
         color_c = writer.add_connection("/cam/color", "sensor_msgs/msg/Image", typestore=TS)
         depth_c = writer.add_connection("/cam/depth", "sensor_msgs/msg/Image", typestore=TS)
         info_c = writer.add_connection("/cam/info", "sensor_msgs/msg/CameraInfo", typestore=TS)
         for i in range(FRAMES):
             t = T0 + i * 100_000_000
-            color = Image(
-                header=header(50 + i, 4_000_000, "color_optical"),
-                height=H,
-                width=W,
-                encoding="rgb8",
-                is_bigendian=0,
-                step=W * 3,
-                data=rgb_of(i).reshape(-1),
-            )
+            color = color_frame(i)
             depth_nanosec = 300_000_000 if i == UNPAIRED else 0
             depth = Image(
                 header=header(50 + i, depth_nanosec, "depth_optical"),
@@ -185,19 +195,7 @@ def compressed_rgbd_bag(path: Path, storage: str, encoding: str, codec: str) -> 
             valid = (raw_depth >= 0.1) & (raw_depth <= 10.0)
     fmt, data = compressed_depth(sent, codec)
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-    info = CameraInfo(
-        header=header(0, 0, "depth_optical"),
-        height=H,
-        width=W,
-        distortion_model="plumb_bob",
-        d=np.zeros(5),
-        k=np.asarray(K, dtype=np.float64),
-        r=np.eye(3).reshape(-1),
-        p=np.asarray([K[0], 0, K[2], 0, 0, K[4], K[5], 0, 0, 0, 1, 0], dtype=np.float64),
-        binning_x=0,
-        binning_y=0,
-        roi=ROI(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
-    )
+    info = camera_info([0.0] * 5)
     with Writer(path, version=9, storage_plugin=plugin) as writer:
         color_c = writer.add_connection("/cam/color", "sensor_msgs/msg/Image", typestore=TS)
         depth_c = writer.add_connection("/cam/depth", "sensor_msgs/msg/Image", typestore=TS)
@@ -207,15 +205,7 @@ def compressed_rgbd_bag(path: Path, storage: str, encoding: str, codec: str) -> 
         info_c = writer.add_connection("/cam/info", "sensor_msgs/msg/CameraInfo", typestore=TS)
         for i in range(FRAMES):
             t = T0 + i * 100_000_000
-            color = Image(
-                header=header(50 + i, 4_000_000, "color_optical"),
-                height=H,
-                width=W,
-                encoding="rgb8",
-                is_bigendian=0,
-                step=W * 3,
-                data=rgb_of(i).reshape(-1),
-            )
+            color = color_frame(i)
             depth_header = header(50 + i, 0, "depth_optical")
             depth = Image(
                 header=depth_header,

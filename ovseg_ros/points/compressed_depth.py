@@ -42,14 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS, ImageConversionError
-from ovseg_ros.image_conversion import _as_bytes as as_byte_array
+from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS, ImageConversionError, as_byte_array
+from ovseg_ros.image_header import PNG_SIGNATURE, HeaderError, png_ihdr
 from ovseg_ros.points.depth import DEPTH_ENCODINGS, MAX_DEPTH_SIDE, DepthImage
 from ovseg_ros.points.errors import PointsError
 
 CONFIG_HEADER = struct.Struct("<iff")  # compression format, depthParam[0], depthParam[1]
 INV_DEPTH = 0  # compressionFormat: the only value compressed_depth_image_transport writes
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPES = {0: "greyscale", 2: "RGB", 3: "palette", 4: "grey + alpha", 6: "RGBA"}
 _RVL_SIZE = struct.Struct("<II")  # width, height
 _RVL_MAX_NIBBLES = 10  # the reference decoder shifts by 29 - 3 k: at most 10 nibbles a value
@@ -180,16 +179,16 @@ def decode_compressed_depth(
 def _png_size(payload: np.ndarray) -> tuple[int, int]:
     """Width and height from the IHDR chunk, checked to be a 16-bit greyscale image."""
     head = payload[:26].tobytes()
-    if not head.startswith(_PNG_SIGNATURE):
-        if _PNG_SIGNATURE.startswith(head):
+    if not head.startswith(PNG_SIGNATURE):
+        if PNG_SIGNATURE.startswith(head):
             raise PointsError(f"compressedDepth PNG truncated after {len(head)} bytes")
         raise PointsError("compressedDepth png data is not a PNG (no PNG signature)")
     if len(head) < 26:
         raise PointsError(f"compressedDepth PNG truncated in its header ({payload.size} bytes)")
-    if head[8:16] != b"\x00\x00\x00\x0dIHDR":
-        raise PointsError("compressedDepth PNG does not start with its IHDR chunk")
-    width, height = struct.unpack(">II", head[16:24])
-    bits, colour = head[24], head[25]
+    try:
+        width, height, bits, colour = png_ihdr(head)
+    except HeaderError:
+        raise PointsError("compressedDepth PNG does not start with its IHDR chunk") from None
     if width == 0 or height == 0:
         raise PointsError(f"compressedDepth PNG has an invalid size {width}x{height}")
     if bits != 16 or colour != 0:

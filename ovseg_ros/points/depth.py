@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ovseg_ros.image_conversion import ImageConversionError
-from ovseg_ros.image_conversion import _as_bytes as as_byte_array
+from ovseg_ros.image_conversion import ImageConversionError, as_byte_array
 from ovseg_ros.points.errors import PointsError
 
 MAX_DEPTH_SIDE = 16384  # larger is a corrupt header, not a camera

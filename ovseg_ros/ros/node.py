@@ -114,7 +114,11 @@ class SegmentNode(LifecycleNode):
             number = self._vocabulary.request(change.classes)
             self.get_logger().info(accepted_message(number, change.classes, self.versions.version))
         queued = Changes(
-            change.confidence, change.overlay_alpha, change.points, change.knobs, change.masks
+            confidence=change.confidence,
+            masks=change.masks,
+            overlay_alpha=change.overlay_alpha,
+            points=change.points,
+            knobs=change.knobs,
         )
         if self._pending.add(queued):
             self.worker.wake()

@@ -24,8 +24,8 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
-from ovseg_ros.outputs import CONFIDENCE, MASK, is_name_token
-from ovseg_ros.pipeline import class_topics, string_list
+from ovseg_ros.outputs import MASK, is_name_token
+from ovseg_ros.pipeline import per_class_topics, string_list
 from ovseg_ros.points_stage import PointsSettings
 from ovseg_ros.segmentation.budget import check_frame_memory
 from ovseg_ros.segmentation.config import FieldSpec, SegmenterConfig, field_specs
@@ -358,8 +358,7 @@ def class_topic_problems(
     """Why the ``~/[<camera>/]confidence/<class>`` topics of ``confidence`` and the
     ``~/[<camera>/]mask/<class>`` topics of ``masks`` cannot all be created (one line per bad
     topic; [] when every camera can have every one)."""
-    topics, _ = class_topics(vocabulary, confidence, CONFIDENCE)
-    topics.update(class_topics(vocabulary, masks, MASK)[0])
+    topics, _ = per_class_topics(vocabulary, confidence, masks)
     problems = []
     for key in cameras:
         prefix = f"{key}/" if key else ""

@@ -30,8 +30,7 @@ from typing import Any, Protocol
 
 from ovseg_ros.image_conversion import ImageConversionError
 from ovseg_ros.log_throttle import KindThrottle, problem_kind, suppressed_note
-from ovseg_ros.outputs import CONFIDENCE, MASK
-from ovseg_ros.pipeline import FrameInput, FrameResult, class_topics, process_frames
+from ovseg_ros.pipeline import FrameInput, FrameResult, per_class_topics, process_frames
 from ovseg_ros.points_stage import PointsSettings
 from ovseg_ros.ros.stats import Stats
 from ovseg_ros.ros.versions import VersionLog
@@ -213,7 +212,7 @@ class Changes:
     masks: list[str] | None = None
 
     @property
-    def class_topics(self) -> bool:
+    def per_class_changed(self) -> bool:
         """Whether the per-class topics change."""
         return self.confidence is not None or self.masks is not None
 
@@ -347,20 +346,17 @@ class RoundJob:
             self._logger.info(activated.message(self.versions.version))
         if changes.knobs and "prob_threshold" in changes.knobs:
             self._publish_label_info()  # its threshold
-        if activated is not None or changes.class_topics or changes.overlay_alpha is not None:
+        if activated is not None or changes.per_class_changed or changes.overlay_alpha is not None:
             self.update_plans()
 
     def update_plans(self) -> None:
         """Every camera's outputs for the current vocabulary and settings, applied to all
         cameras or (should creating a topic fail) to none."""
         vocabulary = self.segmenter.vocabulary
-        topics: dict[str, int] = {}
-        for parameter, names, prefix in (
-            ("confidence_classes", self.settings.confidence_classes, CONFIDENCE),
-            ("mask_classes", self.settings.mask_classes, MASK),
-        ):
-            found, missing = class_topics(vocabulary, names, prefix)
-            topics.update(found)
+        topics, absent = per_class_topics(
+            vocabulary, self.settings.confidence_classes, self.settings.mask_classes
+        )
+        for parameter, missing in absent.items():
             if missing:
                 self._logger.warning(
                     f"{parameter} not in the vocabulary (no topic): {', '.join(missing)}; "

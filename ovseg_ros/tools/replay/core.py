@@ -54,7 +54,7 @@ from ovseg_ros.tools.replay.plan import (
     ReplayStats,
     normalize_namespace,
     open_input,
-    per_class_topics,
+    output_class_topics,
     plan_from_reader,
     stderr_log,
 )
@@ -152,7 +152,7 @@ def _start(reader: Any, options: ReplayOptions, segmenter: Any) -> ReplayStats:
     if segmenter.vocabulary is None:
         raise ReplayError("the segmenter has no vocabulary: call set_vocabulary() first")
     plan = plan_from_reader(reader, options)
-    per_class_topics(segmenter.vocabulary, options)
+    output_class_topics(segmenter.vocabulary, options)
     return ReplayStats(input=options.input, output=options.output, plan=plan)
 
 
@@ -168,7 +168,7 @@ def _replay_messages(
     """One pass over the input in time order: copy messages, segment image frames."""
     out = OutputBag(writer, new_typestore(), stats)
     output_plan = OutputPlan(
-        class_topics=per_class_topics(segmenter.vocabulary, options),
+        class_topics=output_class_topics(segmenter.vocabulary, options),
         overlay_alpha=options.overlay_alpha if options.overlay else None,
     )
     groups = add_groups(out, options, stats.plan, output_plan)

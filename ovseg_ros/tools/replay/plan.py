@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS
-from ovseg_ros.outputs import CONFIDENCE, MASK, is_name_token
-from ovseg_ros.pipeline import class_topics
+from ovseg_ros.outputs import is_name_token
+from ovseg_ros.pipeline import per_class_topics
 from ovseg_ros.points_stage import PointsSettings
 from ovseg_ros.tools.cli import UsageError
 from ovseg_ros.tools.replay.bag_io import (
@@ -151,23 +151,19 @@ def normalize_namespace(namespace: str) -> str:
     return "".join(f"/{token}" for token in tokens)
 
 
-def per_class_topics(vocabulary: Any, options: ReplayOptions) -> dict[str, int]:
+def output_class_topics(vocabulary: Any, options: ReplayOptions) -> dict[str, int]:
     """``{"confidence/<class>" or "mask/<class>": entry index}`` for ``options``'
     ``confidence_classes`` and ``mask_classes``, named as the node names them
-    (:func:`ovseg_ros.pipeline.class_topics`); a name not in the vocabulary is a
+    (:func:`ovseg_ros.pipeline.per_class_topics`); a name not in the vocabulary is a
     :class:`ReplayError`."""
-    topics: dict[str, int] = {}
-    for kind, names, prefix in (
-        ("confidence", options.confidence_classes, CONFIDENCE),
-        ("mask", options.mask_classes, MASK),
-    ):
-        found, missing = class_topics(vocabulary, names, prefix)
+    topics, absent = per_class_topics(vocabulary, options.confidence_classes, options.mask_classes)
+    for parameter, missing in absent.items():
         if missing:
+            kind = parameter.removesuffix("_classes")
             raise ReplayError(
                 f"{kind} class {missing[0]!r} is not in the vocabulary: "
                 f"{', '.join(vocabulary.names)}"
             )
-        topics.update(found)
     return topics
 
 

@@ -6,8 +6,8 @@ and collects what it would write, serialised, instead of writing a file; the dri
 the windows into ONE output bag in bag-time order. Windows partition the message stream by
 bag time, so the pieces put back together are what a single run writes: the same
 connections, every message once, in order. The only things a window repeats are the latched
-vocabulary and label_info messages (each window writes them before its first frame); the
-writer keeps the first of each.
+(transient-local) outputs, the vocabulary and label_info (each window writes them before its
+first frame); the writer keeps the first of each.
 
 Nothing here imports Ray: the pieces are plain picklable data, so any scheduler can move them.
 """
@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ovseg_ros.outputs import LABEL_INFO_TYPE
+from rosbags.interfaces import QosDurability
+
 from ovseg_ros.tools.replay.bag_io import BagError, open_reader, open_writer, remove_bag
 from ovseg_ros.tools.replay.core import replay_stream
 from ovseg_ros.tools.replay.plan import (
     MAX_REPORTED_SKIPS,
-    STRING_TYPE,
     ReplayOptions,
     ReplayStats,
     open_input,
@@ -240,8 +240,9 @@ class OrderedBagWriter:
                     offered_qos_profiles=list(spec.qos),
                 )
             )
-            latched = spec.msgtype in (STRING_TYPE, LABEL_INFO_TYPE)
-            if latched and outputs.get(spec.topic) == spec.msgtype:
+            # The run's latched outputs (vocabulary, label_info): every window writes them.
+            latched = any(q.durability == QosDurability.TRANSIENT_LOCAL for q in spec.qos)
+            if latched and spec.topic in outputs:
                 self._latched.add(index)
 
     def _write(self, output: RangeOutput) -> int:

@@ -21,7 +21,7 @@ from ovseg_ros.tools.replay.plan import (
     ReplayError,
     ReplayOptions,
     absolute_topic,
-    per_class_topics,
+    output_class_topics,
     stderr_log,
 )
 
@@ -52,7 +52,7 @@ def read_settings(args: argparse.Namespace, input_bag: Path, output_bag: Path) -
     except ValueError as exc:
         raise ReplayError(f"invalid classes: {exc}") from exc
     options = _options(args, params, draft, input_bag, output_bag)
-    per_class_topics(draft, options)
+    output_class_topics(draft, options)
     return ReplaySettings(config, list(classes), draft, options)
 
 
