@@ -235,6 +235,7 @@ def _tour(
     node_name = planner.path
     sent: set[int] = set()
     announced: set[int] = set()
+    changed = False  # the planner's change was accepted: wait for its version below
     for i in range(args.frames):
         _announce(planner, announced)
         if _foreign(planner, sent):
@@ -252,12 +253,21 @@ def _tour(
             try:
                 (result,) = planner.set_parameters(Parameter("classes", value=SECOND_CLASSES))
                 verdict = "accepted" if result.successful else "refused"
+                changed = result.successful
             except HarnessError as exc:
                 verdict = f"not answered ({exc})"
             print(f"[planner] asked for {SECOND_CLASSES}: {verdict}", flush=True)
         time.sleep(1.0 / args.rate)
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline and len(_own(planner, sent)) < 2:
+    # The new classes are encoded in the background (seconds on a busy CPU): the tour ends
+    # once the planner has labels and, after an accepted change, the new version.
+    first = min((v["version"] for v in planner.vocabularies()), default=0)
+
+    def done() -> bool:
+        newer = any(v["version"] > first for v in planner.vocabularies())
+        return len(_own(planner, sent)) >= 2 and (newer or not changed)
+
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline and not done():
         time.sleep(0.1)
     _announce(planner, announced)
     seen = _own(planner, sent)
@@ -269,7 +279,7 @@ def _tour(
         labels = np.frombuffer(bytes(msg.data), np.uint8 if msg.encoding == "mono8" else np.uint16)
         counts = np.bincount(labels)
         share = {
-            names[k] if k < len(names) else k: f"{100 * n / counts.sum():.0f}%"
+            names[k] if k < len(names) else "unlabeled": f"{100 * n / counts.sum():.0f}%"
             for k, n in enumerate(counts)
             if n
         }
