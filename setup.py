@@ -29,9 +29,10 @@ setup(
         ),
     ],
     python_requires=">=3.10",
-    # numpy, pyyaml and pillow have rosdep keys (package.xml); the pip-only rest is listed once,
-    # in requirements.txt, which a ROS install feeds to pip on its own (README, robot section).
-    install_requires=["setuptools", "numpy", "pyyaml", "pillow", *PIP_ONLY_REQUIREMENTS],
+    # numpy, pyyaml, pillow and scipy have rosdep keys (package.xml); the pip-only rest is
+    # listed once, in requirements.txt, which a ROS install feeds to pip on its own (README,
+    # robot section).
+    install_requires=["setuptools", "numpy", "pyyaml", "pillow", "scipy", *PIP_ONLY_REQUIREMENTS],
     extras_require={
         "test": [
             "pytest",
@@ -55,6 +56,7 @@ setup(
             "ros-jazzy-rcl-interfaces",
             "ros-jazzy-diagnostic-msgs",
             "ros-jazzy-lifecycle-msgs",
+            "ros-jazzy-visualization-msgs",  # ~/objects/markers (vision_msgs has no wheel)
         ],
     },
     zip_safe=True,

@@ -3,6 +3,7 @@
     ros2 launch ovseg_ros segment.launch.py image:=/camera/color/image_raw
     ros2 launch ovseg_ros segment.launch.py classes:="['floor', 'person', 'door']" device:=cuda
     ros2 launch ovseg_ros segment.launch.py depth:=true   # + ~/points, ~/camera_info (RealSense)
+    ros2 launch ovseg_ros segment.launch.py objects:=true # + ~/objects/markers (depth implied)
     ros2 launch ovseg_ros segment.launch.py cameras:="['front', 'left']" \
         camera_topics:="{front: /front/camera/color/image_raw, left: /left/camera/color/image_raw}"
     ros2 launch ovseg_ros segment.launch.py rviz:=true   # + rviz2 with config/ovseg.rviz
@@ -53,6 +54,13 @@ def generate_launch_description() -> LaunchDescription:
             default_value="",
             description="true: also publish ~/points (labelled PointCloud2) and ~/camera_info "
             "from the depth_topic and camera_info inputs; empty: from params_file (false).",
+        ),
+        DeclareLaunchArgument(
+            "objects",
+            default_value="",
+            description="true: also publish the 3D objects (~/objects/markers, and ~/objects "
+            "where vision_msgs imports); implies depth:=true unless depth is given; empty: "
+            "from params_file (false).",
         ),
         DeclareLaunchArgument(
             "depth_topic",
@@ -153,11 +161,14 @@ def _segment_node(context: LaunchContext, *args, **kwargs) -> list[Node]:
     cameras = _parse_cameras(value("cameras"))
     if cameras:
         overrides["cameras"] = cameras
-    depth = value("depth").lower()
-    if depth and depth not in _TRUE + _FALSE:
-        raise ValueError(f"depth must be true or false, got {depth!r}")
-    if depth:
-        overrides["depth"] = depth in _TRUE
+    for name in ("depth", "objects"):
+        flag = value(name).lower()
+        if flag and flag not in _TRUE + _FALSE:
+            raise ValueError(f"{name} must be true or false, got {flag!r}")
+        if flag:
+            overrides[name] = flag in _TRUE
+    if overrides.get("objects") and "depth" not in overrides:
+        overrides["depth"] = True  # objects are found in the depth image
     sim_time = value("use_sim_time").lower()
     if sim_time not in _TRUE + _FALSE:
         raise ValueError(f"use_sim_time must be true or false, got {sim_time!r}")

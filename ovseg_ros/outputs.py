@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ovseg_ros.points import PointCloudData, PointsError, scale_camera_info
+from ovseg_ros.points.objects import Objects
 from ovseg_ros.segmentation.vocabulary import UINT8_LABEL_ENTRIES, Vocabulary, unlabeled_id
 from ovseg_ros.stamps import split_ns
 
@@ -32,6 +33,8 @@ OVERLAY = "overlay"
 POINTS = "points"
 CAMERA_INFO = "camera_info"
 LABEL_INFO = "label_info"
+OBJECTS = "objects"  # vision_msgs/Detection3DArray
+OBJECT_MARKERS = "objects/markers"  # visualization_msgs/MarkerArray
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,157 @@ LABEL_INFO_DEFINITIONS = {
         "std_msgs/Header header\nvision_msgs/VisionClass[] class_map\nfloat32 threshold\n"
     ),
     VISION_CLASS_TYPE: "uint16 class_id\nstring class_name\n",
+}
+
+
+# visualization_msgs/Marker constants used here.
+MARKER_CUBE, MARKER_TEXT_VIEW_FACING = 1, 9
+MARKER_ADD, MARKER_DELETEALL = 0, 3
+MARKER_ALPHA = 0.5  # the boxes' opacity
+MARKER_TEXT_HEIGHT = 0.1  # metres, the class name and score above each box
+MIN_MARKER_SIZE = 0.01  # metres: RViz rejects a box with a zero-size axis (a flat object)
+TEXT_SUFFIX = "/text"  # the text markers' namespace: "<class>/text" (a CUBE's is "<class>")
+
+
+@dataclass(frozen=True)
+class MarkerSpec:
+    """One ``visualization_msgs/Marker`` as plain values (header: the objects'; ``lifetime``
+    0 and ``frame_locked`` false); ``color`` RGBA in [0, 1]; ``text`` for TEXT_VIEW_FACING
+    (and, for a CUBE, the object's JSON record: RViz ignores it, a planner may read it)."""
+
+    ns: str
+    id: int
+    type: int
+    action: int
+    position: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    scale: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    color: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class DetectionSpec:
+    """One ``vision_msgs/Detection3D`` as plain values: ``id`` ``"<class>/<index>"``, one
+    hypothesis (``class_id`` = class name, ``score``; its pose's position = the ``centroid``,
+    identity orientation, zero covariance), ``bbox`` ``center`` (identity orientation) and
+    ``size``."""
+
+    id: str
+    class_id: str
+    score: float
+    centroid: tuple[float, float, float]
+    center: tuple[float, float, float]
+    size: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class ObjectsOutput:
+    """A frame's 3D objects (:class:`~ovseg_ros.points.objects.Objects`): published with the
+    color frame's stamp and ``frame_id`` (the depth image's; the color frame's when there was
+    no depth to pair). ``names`` / ``colors``: each object's class name as in ``~/vocabulary``
+    and its RGB color."""
+
+    objects: Objects
+    names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    frame_id: str
+
+    @classmethod
+    def of(cls, objects: Objects, vocab: Vocabulary, frame_id: str) -> ObjectsOutput:
+        entries = [vocab.entries[int(c)] for c in objects.class_ids]
+        return cls(
+            objects, tuple(e.name for e in entries), tuple(e.color for e in entries), frame_id
+        )
+
+    @classmethod
+    def empty(cls, frame_id: str) -> ObjectsOutput:
+        """No objects (the marker array only clears the previous ones)."""
+        return cls(Objects.empty(), (), (), frame_id)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Per object ``{"id", "class_id", "name", "score", "pixels", "box_2d", "centroid",
+        "box_center", "box_size"}`` (plain Python values): what the messages are made of."""
+        o = self.objects
+        rows = zip(
+            o.class_ids.tolist(),
+            o.scores.tolist(),
+            o.pixels.tolist(),
+            o.boxes_2d.tolist(),
+            o.centroids.tolist(),
+            o.box_centers.tolist(),
+            o.box_sizes.tolist(),
+            strict=True,
+        )
+        return [
+            {
+                "id": f"{name}/{index}",
+                "class_id": class_id,
+                "name": name,
+                "score": score,
+                "pixels": pixels,
+                "box_2d": box,
+                "centroid": centroid,
+                "box_center": center,
+                "box_size": size,
+            }
+            for index, (name, (class_id, score, pixels, box, centroid, center, size)) in enumerate(
+                zip(self.names, rows, strict=True)
+            )
+        ]
+
+    def markers(self) -> list[MarkerSpec]:
+        """``DELETEALL`` (clears the previous frame's), then per object a ``CUBE`` (box centre
+        and size, at least :data:`MIN_MARKER_SIZE`; class color, alpha 0.5; ``ns`` the class
+        name, ``id`` the object's index) and a ``TEXT_VIEW_FACING`` "name 0.83" just above the
+        box (optical frame: -y is up; ``ns`` "<class>/text", the same ``id``)."""
+        specs = [MarkerSpec(ns="", id=0, type=MARKER_CUBE, action=MARKER_DELETEALL)]
+        for index, (record, color) in enumerate(zip(self.records(), self.colors, strict=True)):
+            x, y, z = record["box_center"]
+            size = tuple(max(v, MIN_MARKER_SIZE) for v in record["box_size"])
+            rgba = (color[0] / 255.0, color[1] / 255.0, color[2] / 255.0, MARKER_ALPHA)
+            name, score = record["name"], record["score"]
+            specs.append(
+                MarkerSpec(name, index, MARKER_CUBE, MARKER_ADD, (x, y, z), size, rgba,
+                           json.dumps(record, separators=(",", ":")))
+            )  # fmt: skip
+            above = (x, y - size[1] / 2 - MARKER_TEXT_HEIGHT, z)
+            specs.append(
+                MarkerSpec(name + TEXT_SUFFIX, index, MARKER_TEXT_VIEW_FACING, MARKER_ADD, above,
+                           (0.0, 0.0, MARKER_TEXT_HEIGHT), (1.0, 1.0, 1.0, 1.0),
+                           f"{name} {score:.2f}")
+            )  # fmt: skip
+        return specs
+
+    def detections(self) -> list[DetectionSpec]:
+        """One :class:`DetectionSpec` per object (the 2D box and pixel count have no field in
+        Detection3D: they are in the CUBE markers' JSON ``text``)."""
+        return [
+            DetectionSpec(
+                r["id"],
+                r["name"],
+                r["score"],
+                tuple(r["centroid"]),
+                tuple(r["box_center"]),
+                tuple(r["box_size"]),
+            )  # fmt: skip
+            for r in self.records()
+        ]
+
+
+# vision_msgs/msg/Detection3DArray and the types it holds (vision_msgs 4.x), for registering
+# where vision_msgs is not installed, as LabelInfo.
+DETECTION3D_ARRAY_TYPE = "vision_msgs/msg/Detection3DArray"
+DETECTION3D_DEFINITIONS = {
+    DETECTION3D_ARRAY_TYPE: "std_msgs/Header header\nvision_msgs/Detection3D[] detections\n",
+    "vision_msgs/msg/Detection3D": (
+        "std_msgs/Header header\nvision_msgs/ObjectHypothesisWithPose[] results\n"
+        "vision_msgs/BoundingBox3D bbox\nstring id\n"
+    ),
+    "vision_msgs/msg/ObjectHypothesisWithPose": (
+        "vision_msgs/ObjectHypothesis hypothesis\ngeometry_msgs/PoseWithCovariance pose\n"
+    ),
+    "vision_msgs/msg/ObjectHypothesis": "string class_id\nfloat64 score\n",
+    "vision_msgs/msg/BoundingBox3D": "geometry_msgs/Pose center\ngeometry_msgs/Vector3 size\n",
 }
 
 

@@ -5,9 +5,11 @@ typed outputs (:class:`FrameResult`): image outputs (``labels``: mono8, mono16 f
 entries, the unlabeled value 255 / 65535 below ``prob_threshold``; ``confidence``: 32FC1, the
 winning class's probability; ``confidence/<class>``: 32FC1 and ``mask/<class>``: mono8 0/255,
 one per requested class; ``overlay``: rgb8), the camera model at the labels' size (from the
-camera's camera_info), and with a depth side the labelled cloud. The node and the replay tool
-only add the header, serialise and publish / write, so both produce identical messages for
-the same frame. Only the labels are always made; the rest only when wanted.
+camera's camera_info), and with a depth side the labelled cloud and the 3D objects. The node
+and the replay tool only add the header, serialise and publish / write, so both produce
+identical messages for the same frame. Only the labels are always made; the rest only when
+wanted. The objects are found in a second step, :func:`complete_objects`, which the node runs
+after it has published the round's labels (they never wait for the objects).
 
 Several cameras' frames go through :func:`process_frames` as one round: decoded, segmented
 by one ``segment_batch`` call, then each frame's outputs.
@@ -29,16 +31,19 @@ from ovseg_ros.outputs import (
     CONFIDENCE,
     LABELS,
     MASK,
+    OBJECT_MARKERS,
+    OBJECTS,
     OVERLAY,
     POINTS,
     CameraInfoOutput,
     CloudOutput,
     ImageOutput,
+    ObjectsOutput,
     confidence_topic_suffix,
     labels_image,
     render_overlay,
 )
-from ovseg_ros.points_stage import PointsStage
+from ovseg_ros.points_stage import ObjectsJob, PointsStage
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,14 @@ class FrameInput:
     def wants(self, suffix: str) -> bool:
         return self.wanted is None or suffix in self.wanted
 
+    def wants_objects(self) -> bool:
+        """Objects are on for this camera (``objects``) and someone listens to them."""
+        return (
+            self.depth is not None
+            and self.depth.settings.objects.enabled
+            and (self.wants(OBJECTS) or self.wants(OBJECT_MARKERS))
+        )
+
 
 @dataclass
 class FrameResult:
@@ -85,6 +98,8 @@ class FrameResult:
     labels' size once a valid one arrived; ``cloud``: only with a depth side; ``warnings``:
     about the depth side, already throttled. ``inference_s``: the
     round's ``segment_batch`` time (what each of its frames waited for its result).
+    ``pending_objects``: the objects to find (:func:`complete_objects`), which then become
+    ``objects``.
     """
 
     header: Any
@@ -95,6 +110,8 @@ class FrameResult:
     cloud: CloudOutput | None = None
     camera_info: CameraInfoOutput | None = None
     warnings: list[str] = field(default_factory=list)
+    pending_objects: ObjectsJob | None = None
+    objects: ObjectsOutput | None = None
 
     def output_kinds(self) -> list[str]:
         """What was made for this frame, by kind (:data:`OUTPUT_KINDS`; a kind once per
@@ -104,12 +121,14 @@ class FrameResult:
             kinds.append(CAMERA_INFO)
         if self.cloud is not None:
             kinds.append(POINTS)
+        if self.objects is not None:
+            kinds.append(OBJECTS)
         return kinds
 
 
 # The kinds of output a frame can make (``FrameResult.output_kinds``), for diagnostics.
 CLASS_CONFIDENCE = f"class_{CONFIDENCE}"  # any "confidence/<class>"
-OUTPUT_KINDS = (LABELS, CONFIDENCE, CLASS_CONFIDENCE, MASK, OVERLAY, CAMERA_INFO, POINTS)
+OUTPUT_KINDS = (LABELS, CONFIDENCE, CLASS_CONFIDENCE, MASK, OVERLAY, CAMERA_INFO, POINTS, OBJECTS)
 
 
 def _output_kind(suffix: str) -> str:
@@ -233,11 +252,30 @@ def process_frames(
             done.camera_info = frame.camera_info.scaled(width, height)
         if frame.depth is not None:
             depth = frame.depth.outputs(
-                header, rgb, result, segmenter.device, cloud=frame.wants(POINTS)
+                header,
+                rgb,
+                result,
+                segmenter.device,
+                cloud=frame.wants(POINTS),
+                objects=frame.wants_objects(),
             )
             done.cloud, done.warnings = depth.cloud, depth.warnings
+            done.pending_objects = depth.objects
         out.append(done)
     return out
+
+
+def complete_objects(frame: FrameResult) -> list[str]:
+    """Find the frame's pending 3D objects (sets ``frame.objects``); the warnings to log.
+
+    Nothing to do without pending objects. The node calls it after publishing the labels,
+    replay right after :func:`process_frame`.
+    """
+    job, frame.pending_objects = frame.pending_objects, None
+    if job is None:
+        return []
+    frame.objects, warnings = job.run()
+    return warnings
 
 
 def process_frame(segmenter: Any, frame: FrameInput) -> FrameResult:

@@ -5,9 +5,11 @@ from the camera's :class:`~ovseg_ros.camera_info_input.CameraInfoInput`; after a
 is segmented, :meth:`PointsStage.outputs` pairs it with the depth frame of nearest stamp
 (:class:`~ovseg_ros.points.DepthPairer`), back-projects the labels
 (:func:`~ovseg_ros.points.build_cloud`, on the engine's device) and returns the frame's
-:class:`DepthOutputs`: the cloud. Bad input never raises: the cloud is skipped, counted by
-kind, and a warning is returned at most once per kind per ``warn_interval`` (so one noisy
-problem does not hide another).
+:class:`DepthOutputs`: the cloud, and the frame's 3D objects as an :class:`ObjectsJob` that the
+caller runs once the labels are out (:func:`~ovseg_ros.points.objects.find_objects`). Bad input
+never raises: the cloud is skipped (the objects are empty), counted by kind, and a warning is
+returned at most once per kind per ``warn_interval`` (so one noisy problem does not hide
+another).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from ovseg_ros.camera_info_input import CameraInfoInput, CameraInfoState
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS
 from ovseg_ros.log_throttle import KindThrottle
-from ovseg_ros.outputs import CloudOutput
+from ovseg_ros.outputs import CloudOutput, ObjectsOutput
 from ovseg_ros.points import (
     CameraModel,
     DepthImage,
@@ -37,6 +39,7 @@ from ovseg_ros.points import (
     decode_compressed_depth,
     decode_depth,
 )
+from ovseg_ros.points.objects import ObjectsOptions, find_objects
 from ovseg_ros.stamps import stamp_ns, stamp_text
 
 # Why a color frame got no cloud (diagnostics keys ``clouds_skipped_<kind>``).
@@ -52,11 +55,44 @@ DEPTH_CAPACITY = 4  # depth frames kept for pairing: no backlog
 
 @dataclass
 class DepthOutputs:
-    """The depth side of one segmented frame: its cloud (None when skipped or not wanted) and
-    the warnings to log (already throttled)."""
+    """The depth side of one segmented frame: its cloud (None when skipped or not wanted),
+    its objects to compute later (None when not wanted) and the warnings to log (already
+    throttled)."""
 
     cloud: CloudOutput | None = None
+    objects: ObjectsJob | None = None
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ObjectsSettings:
+    """The objects parameters (``objects``, ``objects_classes``, ``objects_min_points``,
+    ``objects_depth_gap``); class names are resolved per frame, as the cloud's are."""
+
+    enabled: bool = False
+    classes: tuple[str, ...] = ()
+    min_points: int = 50
+    depth_gap: float = 0.15
+
+    def options(
+        self, depth_min: float, depth_max: float, classes: frozenset[int] | None = None
+    ) -> ObjectsOptions:
+        """The validated :class:`~ovseg_ros.points.objects.ObjectsOptions` (raises
+        :class:`PointsError`)."""
+        return ObjectsOptions(self.min_points, self.depth_gap, depth_min, depth_max, classes)
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> ObjectsSettings:
+        """From parameter values (names as the node's parameters); checked by the caller."""
+        points = values.get("objects_min_points", 50)
+        if isinstance(points, float) and points.is_integer():
+            points = int(points)  # a params file may say 50.0
+        return cls(
+            enabled=bool(values.get("objects", False)),
+            classes=_names(values.get("objects_classes"), "objects_classes"),
+            min_points=points,
+            depth_gap=float(values.get("objects_depth_gap", 0.15)),
+        )
 
 
 @dataclass(frozen=True)
@@ -70,6 +106,7 @@ class PointsSettings:
     depth_min: float = 0.1
     depth_max: float = 10.0
     classes: tuple[str, ...] = ()
+    objects: ObjectsSettings = ObjectsSettings()
 
     def options(self, classes: frozenset[int] | None = None) -> PointsOptions:
         """The validated :class:`PointsOptions` (raises :class:`PointsError`)."""
@@ -83,10 +120,7 @@ class PointsSettings:
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> PointsSettings:
-        """From parameter values (names as the node's parameters); checked."""
-        classes = values.get("points_classes") or []
-        if isinstance(classes, str) or not isinstance(classes, (list, tuple)):
-            raise PointsError(f"points_classes must be a list of names, got {classes!r}")
+        """From parameter values (names as the node's parameters, the objects' too); checked."""
         stride = values.get("points_stride", 1)
         if isinstance(stride, float) and stride.is_integer():
             stride = int(stride)  # a params file may say 2.0
@@ -95,10 +129,20 @@ class PointsSettings:
             organized=bool(values.get("points_organized", False)),
             depth_min=float(values.get("depth_min", 0.1)),
             depth_max=float(values.get("depth_max", 10.0)),
-            classes=tuple(str(c).strip() for c in classes if str(c).strip()),
+            classes=_names(values.get("points_classes"), "points_classes"),
+            objects=ObjectsSettings.from_values(values),
         )
         settings.options()
+        settings.objects.options(settings.depth_min, settings.depth_max)
         return settings
+
+
+def _names(value: Any, name: str) -> tuple[str, ...]:
+    """A class-name list parameter as a tuple, blank names dropped."""
+    value = value or []
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise PointsError(f"{name} must be a list of names, got {value!r}")
+    return tuple(str(c).strip() for c in value if str(c).strip())
 
 
 class PointsStage:
@@ -127,7 +171,10 @@ class PointsStage:
         self.settings.options()
         self._warnings = KindThrottle(float(warn_interval), clock)  # per kind of problem
         self._lock = threading.Lock()
-        self._skipped = dict.fromkeys(SKIP_KINDS, 0)
+        self._skipped = {
+            f"{what}_skipped_{kind}": 0 for what in ("clouds", "objects") for kind in SKIP_KINDS
+        }
+        self._objects = dict.fromkeys(("objects_frames", "objects_found", "objects_time_us"), 0)
         self._published = 0
         self._latest_depth_ns: int | None = None
 
@@ -176,32 +223,47 @@ class PointsStage:
         device: torch.device | str = "cpu",
         *,
         cloud: bool = True,
+        objects: bool = False,
     ) -> DepthOutputs:
         """The depth outputs of a segmented color frame with ``header``.
 
         ``cloud``: when the frame has a depth partner and the inputs are valid (and
-        ``cloud`` is true: nobody listening, nothing built). ``rgb``: ``uint8 [H, W, 3]``;
-        ``result``: the engine's result (``labels``, ``confidence`` ``[H, W]`` and
-        ``vocabulary``). Never raises for bad input.
+        ``cloud`` is true: nobody listening, nothing built). ``objects``: an
+        :class:`ObjectsJob` (when true), empty when the cloud could not be made for want of
+        depth or camera model. ``rgb``: ``uint8 [H, W, 3]``; ``result``: the engine's result
+        (``labels``, ``confidence`` ``[H, W]`` and ``vocabulary``). Never raises for bad input.
         """
         out = DepthOutputs()
-        if not cloud:
+        if not (cloud or objects):
             return out
         info = self.camera_info.latest()
         color_ns = stamp_ns(header.stamp)
         depth_msg = self.pairer.pair(color_ns)
         skip = self._check(info, depth_msg, color_ns)
+        depth = None
         if skip is None:
-            skip = self._cloud(info.model, depth_msg, rgb, result, device, out)
-        if skip is not None:
+            depth, skip = self._decode(info.model, depth_msg)
+        if depth is None:
+            skipped = {"clouds": cloud, "objects": objects}
             kind, detail = skip
             with self._lock:
-                self._skipped[kind] += 1
-            self._warn(out, kind, f"no point cloud: {detail}")
+                for what, wanted in skipped.items():
+                    self._skipped[f"{what}_skipped_{kind}"] += wanted
+            what = " or ".join(name for name, wanted in skipped.items() if wanted)
+            self._warn(out, kind, f"no {what.replace('clouds', 'point cloud')}: {detail}")
+            if objects:  # empty: subscribers clear the previous frame's objects
+                out.objects = ObjectsJob(self, result, None, None, str(header.frame_id))
+            return out
+        frame_id = str(depth_msg.header.frame_id)
+        if objects:
+            out.objects = ObjectsJob(self, result, depth, info.model, frame_id)
+        if cloud:
+            self._cloud(info.model, depth, frame_id, rgb, result, device, out)
         return out
 
     def counters(self) -> dict[str, int]:
-        """Counters for ``/diagnostics``: inputs received, pairing, clouds published/skipped."""
+        """Counters for ``/diagnostics``: inputs received, pairing, clouds published/skipped,
+        objects: frames, objects found, time spent (microseconds), frames skipped."""
         pairing = self.pairer.stats_dict()
         with self._lock:
             values = {
@@ -211,9 +273,17 @@ class PointsStage:
                 "depth_paired": pairing["paired"],
                 "depth_unpaired": pairing["unpaired"],
                 "clouds_published": self._published,
+                **self._objects,
             }
-            values.update({f"clouds_skipped_{k}": n for k, n in self._skipped.items()})
+            values.update(self._skipped)
         return values
+
+    def record_objects(self, found: int, seconds: float) -> None:
+        """Count one frame's objects (:meth:`ObjectsJob.run`)."""
+        with self._lock:
+            self._objects["objects_frames"] += 1
+            self._objects["objects_found"] += found
+            self._objects["objects_time_us"] += round(seconds * 1e6)
 
     def _check(
         self, info: CameraInfoState | None, depth_msg: Any, color_ns: int
@@ -235,45 +305,100 @@ class PointsStage:
             return "bad_camera_info", info.error
         return None
 
+    def _decode(
+        self, model: CameraModel, depth_msg: Any
+    ) -> tuple[DepthImage | None, tuple[str, str] | None]:
+        """The paired depth image decoded and checked against the camera model, or why not."""
+        try:
+            depth = _decode_depth_message(depth_msg, self.max_pixels)
+        except PointsError as exc:
+            return None, ("bad_depth", str(exc))
+        try:
+            model.check_size(depth.width, depth.height)
+        except PointsError as exc:
+            return None, ("size_mismatch", str(exc))
+        return depth, None
+
     def _cloud(
         self,
         model: CameraModel,
-        depth_msg: Any,
+        depth: DepthImage,
+        frame_id: str,
         rgb: np.ndarray,
         result: Any,
         device: torch.device | str,
         out: DepthOutputs,
-    ) -> tuple[str, str] | None:
-        try:
-            depth = _decode_depth_message(depth_msg, self.max_pixels)
-        except PointsError as exc:
-            return "bad_depth", str(exc)
-        try:
-            model.check_size(depth.width, depth.height)
-        except PointsError as exc:
-            return "size_mismatch", str(exc)
+    ) -> None:
         settings = self.settings
-        ids, missing = class_ids(settings.classes, result.vocabulary)
-        if missing:
-            self._warn(
-                out,
-                "points_classes",
-                f"points_classes not in the vocabulary (no points of them): {', '.join(missing)}",
-            )
+        ids = self.class_ids(settings.classes, "points_classes", result.vocabulary, out.warnings)
         try:
             cloud = build_cloud(
                 depth, model, result.labels, result.confidence, rgb, settings.options(ids), device
             )
         except PointsError as exc:
-            return "bad_depth", str(exc)
-        out.cloud = CloudOutput(cloud, frame_id=str(depth_msg.header.frame_id))
+            with self._lock:
+                self._skipped["clouds_skipped_bad_depth"] += 1
+            self._warn(out, "bad_depth", f"no point cloud: {exc}")
+            return
+        out.cloud = CloudOutput(cloud, frame_id=frame_id)
         with self._lock:
             self._published += 1
-        return None
+
+    def class_ids(
+        self, names: tuple[str, ...], parameter: str, vocabulary: Any, warnings: list[str]
+    ) -> frozenset[int] | None:
+        """The label ids of ``names`` (None: every class); names not in the vocabulary are
+        warned about (throttled) into ``warnings``."""
+        ids, missing = class_ids(names, vocabulary)
+        if missing and self._warnings.admit(parameter) is not None:
+            warnings.append(
+                f"{parameter} not in the vocabulary (none of them): {', '.join(missing)}"
+            )
+        return ids
 
     def _warn(self, out: DepthOutputs, kind: str, text: str) -> None:
         if self._warnings.admit(kind) is not None:
             out.warnings.append(text)
+
+
+class ObjectsJob:
+    """A frame's 3D objects, found when :meth:`run` is called: after the frame's labels are
+    out, so they never wait for the objects (:func:`ovseg_ros.pipeline.complete_objects`).
+
+    ``depth`` / ``model``: the paired depth image and camera model, None when there was none
+    (the objects are then empty, so subscribers clear the previous ones). The settings are the
+    stage's when the job was made.
+    """
+
+    def __init__(
+        self,
+        stage: PointsStage,
+        result: Any,
+        depth: DepthImage | None,
+        model: CameraModel | None,
+        frame_id: str,
+    ) -> None:
+        self.stage, self.settings = stage, stage.settings
+        self.result, self.depth, self.model, self.frame_id = result, depth, model, frame_id
+
+    def run(self) -> tuple[ObjectsOutput, list[str]]:
+        """``(objects, warnings to log)``; never raises for bad input."""
+        warnings: list[str] = []
+        vocabulary = self.result.vocabulary
+        if self.depth is None or self.model is None:
+            return ObjectsOutput.empty(self.frame_id), warnings
+        started = time.perf_counter()
+        settings = self.settings
+        ids = self.stage.class_ids(
+            settings.objects.classes, "objects_classes", vocabulary, warnings
+        )
+        options = settings.objects.options(settings.depth_min, settings.depth_max, ids)
+        objects = find_objects(
+            self.depth, self.model, self.result.label_ids, self.result.confidence,
+            len(vocabulary), options,
+        )  # fmt: skip
+        self.stage.record_objects(len(objects), time.perf_counter() - started)
+        return ObjectsOutput.of(objects, vocabulary, self.frame_id), warnings
 
 
 def _decode_depth_message(msg: Any, max_pixels: int) -> DepthImage:

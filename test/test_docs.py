@@ -38,6 +38,7 @@ SECTIONS = (
     "Topics",
     "Parameters",
     "Labelled 3D point clouds",
+    "3D objects",
     "Several cameras, one model",
     "Bounds: what a caller on the domain can and cannot do",
     "Large images and DDS",  # named by the node's input-loss warning (ros/diagnostics.py)

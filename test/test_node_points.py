@@ -11,6 +11,7 @@ Tiny random models on the CPU; nothing mocked.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -35,8 +36,10 @@ from ros_harness import (
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from test_compressed_depth import compressed_depth, expected_metres
 from test_points import D_PLUMB, H, K, W, _depth_message, _nearest, _scene
+from visualization_msgs.msg import Marker, MarkerArray
 
-from ovseg_ros.points import read_cloud, unpack_rgb
+from ovseg_ros.points import CameraModel, decode_depth, read_cloud, unpack_rgb
+from ovseg_ros.points.objects import ObjectsOptions, find_objects
 from ovseg_ros.ros.parameters import DEFAULT_CLASSES
 
 DOMAIN_ID = private_domain_id()
@@ -45,6 +48,7 @@ RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 DEPTH_FRAME = "depth_optical"
 COLOR_FRAME = "color_optical"
 NAMES = [c.split(";")[0].strip() for c in DEFAULT_CLASSES]
+MARKERS = "/ovseg/objects/markers"
 
 pytestmark = [pytest.mark.dds, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -125,6 +129,7 @@ class Harness:
             (PointCloud2, "/ovseg/points"),
             (CameraInfo, "/ovseg/camera_info"),
             (DiagnosticArray, "/diagnostics"),
+            (MarkerArray, MARKERS),
         ):
             self.received[topic] = []
             self.node.create_subscription(
@@ -139,7 +144,7 @@ class Harness:
 
     def by_stamp(self, topic: str, sec: int) -> list:
         with self.lock:
-            return [m for m in self.received[topic] if m.header.stamp.sec == sec]
+            return [m for m in self.received[topic] if _header(m).stamp.sec == sec]
 
     def set_parameters(self, **values) -> list:
         request = SetParameters.Request(
@@ -185,6 +190,11 @@ class Harness:
     def close(self) -> None:
         self.executor.shutdown()
         self.node.destroy_node()
+
+
+def _header(msg):
+    """A message's header; a MarkerArray's is its first marker's (every array has one)."""
+    return msg.markers[0].header if isinstance(msg, MarkerArray) else msg.header
 
 
 def labels_array(msg: Image) -> np.ndarray:
@@ -370,6 +380,88 @@ def test_bad_inputs_skip_the_cloud_and_are_counted(camera):
     assert int(values["depth_unpaired"]) >= 1 and int(values["clouds_published"]) >= 1
 
 
+def expected_objects(frame: Frame, labels: np.ndarray, **options):
+    """The definition applied to what a planner has: the published labels, the sent depth
+    and K (confidence is not compared here: test_objects checks the score)."""
+    depth = decode_depth(frame.encoding, H, W, frame.depth.step, bytes(frame.depth.data), False)
+    camera = CameraModel.from_fields(K, [0.0] * 5, "plumb_bob", W, H)
+    options = ObjectsOptions(depth_min=1.0, depth_max=3.0, **options)
+    ones = np.ones(labels.shape, np.float32)
+    return find_objects(depth, camera, labels, ones, len(NAMES), options)
+
+
+def markers_at(camera: Harness, sec: int) -> list:
+    assert wait_until(lambda: camera.by_stamp(MARKERS, sec), 5.0), f"no markers for {sec}"
+    return camera.by_stamp(MARKERS, sec)[0].markers
+
+
+@pytest.fixture
+def objects_on(camera):
+    results = camera.set_parameters(objects=True, objects_min_points=20)
+    assert all(r.successful for r in results), results
+    assert wait_until(lambda: camera.node.count_publishers(MARKERS) > 0)
+    yield
+    camera.set_parameters(objects=False, objects_classes=[""], objects_min_points=50)
+
+
+def test_objects_over_dds(camera, objects_on):
+    """~/objects/markers read as a planner would: DELETEALL, then a box and a label per
+    object of the published labels + sent depth; the class filter and bad input."""
+    frame = Frame(800, "16UC1")
+    labels, _, _ = camera.send(frame, info_msg())
+    markers = markers_at(camera, 800)
+    assert markers[0].action == Marker.DELETEALL
+    assert all(m.header.frame_id == DEPTH_FRAME for m in markers)
+    assert all((m.header.stamp.sec, m.header.stamp.nanosec) == (800, 5_000_000) for m in markers)
+    found = expected_objects(frame, labels_array(labels), min_points=20)
+    cubes, texts = markers[1::2], markers[2::2]
+    assert len(cubes) == len(texts) == len(found) > 0
+    assert [m.type for m in cubes] == [Marker.CUBE] * len(found)
+    assert [m.type for m in texts] == [Marker.TEXT_VIEW_FACING] * len(found)
+    assert [(m.ns, m.id) for m in cubes] == [(NAMES[c], i) for i, c in enumerate(found.class_ids)]
+    for i, cube in enumerate(cubes):
+        position = cube.pose.position
+        np.testing.assert_allclose([position.x, position.y, position.z], found.box_centers[i])
+        record = json.loads(cube.text)
+        assert (record["pixels"], record["box_2d"]) == (found.pixels[i], found.boxes_2d[i].tolist())
+        assert cube.color.a == pytest.approx(0.5)
+        assert texts[i].text == f"{NAMES[found.class_ids[i]]} {record['score']:.2f}"
+
+    # One class only, at runtime.
+    common = int(np.bincount(found.class_ids).argmax())
+    assert camera.set_parameters(objects_classes=[NAMES[common]])[0].successful
+    labels, _, _ = camera.send(Frame(801, "16UC1", image_seed=800), info_msg())
+    cubes = markers_at(camera, 801)[1::2]
+    assert cubes and {m.ns for m in cubes} == {NAMES[common]}
+
+    # No depth for this frame: the labels flow, the markers only clear RViz; counted.
+    labels, _, _ = camera.send(Frame(802, "16UC1"), info_msg(), depth=False)
+    assert [m.action for m in markers_at(camera, 802)] == [Marker.DELETEALL]
+    assert wait_until(lambda: int(camera.points_diagnostics().get("objects_skipped_unpaired", 0)))
+    assert int(camera.points_diagnostics()["objects_frames"]) >= 2
+    with camera.lock:  # a period with objects gave their number and time per frame
+        periods = [
+            {kv.key for kv in status.values}
+            for array in camera.received["/diagnostics"]
+            for status in array.status
+            if status.name == "ovseg: points"
+        ]
+    assert any({"objects_per_frame", "objects_ms_per_frame"} <= keys for keys in periods)
+
+    for bad in ({"objects_min_points": 0}, {"objects_depth_gap": -1.0}):
+        (result,) = camera.set_parameters(**bad)
+        assert not result.successful
+
+
+def test_objects_need_depth_at_configure(context):
+    node = segment_node(context, {**TINY, "objects": True}, node_name="ovseg_objects_flat")
+    try:
+        assert node.autostart_failed and node.segmenter is None
+        assert "objects: true needs depth: true" in node._failure
+    finally:
+        node.destroy_node()
+
+
 def test_no_camera_info_ever_received(context, camera):
     # A second node whose camera_info topic nobody publishes.
     node, executor = _start_node(context, "ovseg_blind", ("camera_info:=/nobody/camera_info",))
@@ -418,7 +510,9 @@ def _record_points_and_labels(camera, node_name: str, keys: tuple[str, ...]) -> 
 
 def test_every_camera_has_its_own_depth_inputs(context, camera):
     """With cameras, camera c pairs c/depth + c/camera_info with c/image into ~/c/points."""
-    node, executor = _start_node(context, "ovseg_duo", cameras=["left", "right"])
+    node, executor = _start_node(
+        context, "ovseg_duo", cameras=["left", "right"], objects=True, objects_min_points=20
+    )
     try:
         pubs = {
             (cam, kind): camera.node.create_publisher(msg_type, f"/{cam}/{kind}", RELIABLE)
@@ -426,6 +520,12 @@ def test_every_camera_has_its_own_depth_inputs(context, camera):
             for kind, msg_type in (("image", Image), ("depth", Image), ("camera_info", CameraInfo))
         }
         got = _record_points_and_labels(camera, "ovseg_duo", ("left", "right"))
+        for key in ("left", "right"):  # objects per camera: ~/<camera>/objects/markers
+            got[f"{key}/markers"] = []
+            camera.node.create_subscription(
+                MarkerArray, f"/ovseg_duo/{key}/objects/markers", got[f"{key}/markers"].append,
+                RELIABLE,
+            )  # fmt: skip
         assert wait_until(lambda: node.count_subscribers("/ovseg_duo/right/labels") > 0)
         assert wait_until(lambda: camera.node.count_subscribers("/left/depth") > 0)
         frame = Frame(600, "32FC1")
@@ -438,7 +538,12 @@ def test_every_camera_has_its_own_depth_inputs(context, camera):
             if wait_until(lambda: got["left/points"] and got["right/labels"], 3.0):
                 break
         assert got["left/points"] and got["left/labels"] and got["right/labels"]
-        check_cloud(got["left/points"][0], labels_array(got["left/labels"][0]), frame)
+        left_labels = labels_array(got["left/labels"][0])
+        check_cloud(got["left/points"][0], left_labels, frame)
+        assert wait_until(lambda: got["left/markers"] and got["right/markers"])
+        found = expected_objects(frame, left_labels, min_points=20)
+        assert len(got["left/markers"][0].markers) == 1 + 2 * len(found)
+        assert [m.action for m in got["right/markers"][0].markers] == [Marker.DELETEALL]
         time.sleep(0.3)
         assert not got["right/points"]
         right = next(c for c in node.cameras if c.key == "right").depth

@@ -124,8 +124,14 @@ def test_outputs_counters_and_per_kind_throttling():
         "clouds_skipped_bad_camera_info": 1,
         "clouds_skipped_bad_depth": 1,
         "clouds_skipped_size_mismatch": 1,
+        # nobody asked for objects
+        "objects_frames": 0,
+        "objects_found": 0,
+        "objects_time_us": 0,
+        **{f"objects_skipped_{kind}": 0 for kind in SKIP_KINDS},
     }
-    assert {k[len("clouds_skipped_") :] for k in counters if "skipped" in k} == set(SKIP_KINDS)
+    skipped = {k[len("clouds_skipped_") :] for k in counters if k.startswith("clouds_skipped_")}
+    assert skipped == set(SKIP_KINDS)
 
 
 def test_class_filter_by_name_and_settings():

@@ -18,13 +18,13 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from ovseg_ros.image_conversion import compressed_to_rgb
 from ovseg_ros.outputs import render_overlay
 from ovseg_ros.segmentation import build_segmenter, build_vocabulary, tiny_config
-from ovseg_ros.tools.replay.bag_io import register_label_info
+from ovseg_ros.tools.replay.bag_io import register_vision_msgs
 from ovseg_ros.tools.replay.cli import format_summary, main
 from ovseg_ros.tools.replay.core import run_replay
 from ovseg_ros.tools.replay.plan import ReplayOptions
 
 TS = get_typestore(Stores.ROS2_JAZZY)
-register_label_info(TS)  # vision_msgs/msg/LabelInfo, from its definition
+register_vision_msgs(TS)  # vision_msgs/msg/LabelInfo, from its definition
 Image = TS.types["sensor_msgs/msg/Image"]
 CompressedImage = TS.types["sensor_msgs/msg/CompressedImage"]
 Header = TS.types["std_msgs/msg/Header"]

@@ -18,10 +18,13 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from test_points import D_PLUMB, H, K, W, _depth_message, _scene
 
-from ovseg_ros.points import read_cloud, unpack_rgb
+from ovseg_ros.points import CameraModel, decode_depth, read_cloud, unpack_rgb
+from ovseg_ros.points.objects import ObjectsOptions, find_objects
+from ovseg_ros.tools.replay.bag_io import register_vision_msgs
 from ovseg_ros.tools.replay.cli import main
 
 TS = get_typestore(Stores.ROS2_JAZZY)
+register_vision_msgs(TS)  # vision_msgs/msg/Detection3DArray, from its definition
 Header = TS.types["std_msgs/msg/Header"]
 Time = TS.types["builtin_interfaces/msg/Time"]
 Image = TS.types["sensor_msgs/msg/Image"]
@@ -103,7 +106,8 @@ def rgbd_bag(path: Path, storage: str, d: list[float]) -> dict:
             writer.write(depth_c, depth_t, TS.serialize_cdr(depth, "sensor_msgs/msg/Image"))
             writer.write(color_c, t, TS.serialize_cdr(color, "sensor_msgs/msg/Image"))
     xyz = np.concatenate([scene["rays"] * z[..., None], z[..., None]], axis=-1)
-    return {"xyz": xyz, "valid": ~invalid & (z >= 0.1) & (z <= 10.0)}
+    depth = decode_depth("16UC1", H, W, step, data, False)
+    return {"xyz": xyz, "valid": ~invalid & (z >= 0.1) & (z <= 10.0), "depth": depth}
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +126,11 @@ def test_replay_writes_analytic_clouds(tmp_path, storage, distortion, fast, caps
     args = [str(tmp_path / "in"), str(out), "--classes", *CLASSES, *fast]
     args += ["--image-topic", "/cam/color", "--depth-topic", "/cam/depth"]
     args += ["--camera-info-topic", "cam/info", "--points-stride", "1"]  # flag wins over file
+    args += ["--objects", "--objects-min-points", "20"]
     assert main(args) == 0
     summary = capsys.readouterr().out
     assert f"point clouds: {FRAMES - 1} written" in summary and "unpaired: 1" in summary
+    assert f"in {FRAMES - 1} frames" in summary
 
     messages, connections = read_bag(out)
     assert connections["/ovseg/points"].msgtype == "sensor_msgs/msg/PointCloud2"
@@ -159,6 +165,54 @@ def test_replay_writes_analytic_clouds(tmp_path, storage, distortion, fast, caps
         label_map = label_msg.data.reshape(H, label_msg.step)[:, :W]
         assert np.array_equal(got["label"], label_map[valid])
         assert np.array_equal(unpack_rgb(got["rgb"]), rgb_of(i)[valid])
+    check_objects(messages, labels, answer["depth"], d)
+
+
+def check_objects(messages: dict, labels: list, depth, d: list[float]) -> None:
+    """<ns>/objects/markers and <ns>/objects: the objects of the written labels, confidence
+    and the bag's depth; the color frame without depth clears the markers only."""
+    confidences = [
+        TS.deserialize_cdr(raw, "sensor_msgs/msg/Image") for _, raw in messages["/ovseg/confidence"]
+    ]
+    marker_arrays = [
+        TS.deserialize_cdr(raw, "visualization_msgs/msg/MarkerArray")
+        for _, raw in messages["/ovseg/objects/markers"]
+    ]
+    detection_arrays = [
+        TS.deserialize_cdr(raw, "vision_msgs/msg/Detection3DArray")
+        for _, raw in messages["/ovseg/objects"]
+    ]
+    assert len(marker_arrays) == len(detection_arrays) == FRAMES
+    camera = CameraModel.from_fields(K, d, "plumb_bob", W, H)
+    names = [c.split(";")[0] for c in CLASSES]
+    total = 0
+    for i, (label_msg, markers, detections) in enumerate(
+        zip(labels, marker_arrays, detection_arrays, strict=True)
+    ):
+        assert markers.markers[0].action == 3  # DELETEALL
+        assert detections.header.stamp == label_msg.header.stamp
+        if i == UNPAIRED:
+            assert len(markers.markers) == 1 and not detections.detections
+            continue
+        assert detections.header.frame_id == "depth_optical"
+        label_map = label_msg.data.reshape(H, label_msg.step)[:, :W]
+        confidence = confidences[i].data.view("<f4").reshape(H, W)
+        found = find_objects(depth, camera, label_map, confidence, 3, ObjectsOptions(min_points=20))
+        assert len(markers.markers) == 1 + 2 * len(found) and len(detections.detections) == len(
+            found
+        )
+        total += len(found)
+        for k, detection in enumerate(detections.detections):
+            name = names[found.class_ids[k]]
+            assert detection.id == f"{name}/{k}"
+            (result,) = detection.results
+            assert (result.hypothesis.class_id, result.hypothesis.score) == (name, found.scores[k])
+            position = result.pose.pose.position
+            np.testing.assert_allclose([position.x, position.y, position.z], found.centroids[k])
+            center, size = detection.bbox.center.position, detection.bbox.size
+            np.testing.assert_allclose([center.x, center.y, center.z], found.box_centers[k])
+            np.testing.assert_allclose([size.x, size.y, size.z], found.box_sizes[k])
+    assert total > 0
 
 
 def test_depth_topic_errors_exit_2(tmp_path, fast, capsys):

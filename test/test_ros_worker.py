@@ -388,8 +388,14 @@ class RecordingCamera:
 
         self.plan = OutputPlan(dict(class_topics), overlay_alpha)
 
+    def set_objects(self, enabled: bool) -> None: ...
+
     def publish(self, frame) -> None:
         self.frames.append(frame)
+
+    def publish_objects(self, frame) -> None: ...
+
+    def log_warnings(self, warnings) -> None: ...
 
     def publish_label_info(self, vocabulary, valid_from, threshold) -> None:
         if vocabulary is not None and valid_from is not None:

@@ -183,6 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--repeat", type=positive_int, default=30, help="timed runs per case (default 30)"
     )
+    add.add_argument(
+        "--objects",
+        action="store_true",
+        help="also time the 3D objects stage (labels + depth -> objects, on the host)",
+    )
+    add.add_argument(
+        "--classes",
+        type=positive_int,
+        default=20,
+        help="classes of the objects scene (default 20)",
+    )
     add.set_defaults(run=run_points)
 
     add = sub.add_parser(
@@ -472,6 +483,11 @@ def run_points(args: argparse.Namespace) -> int:
     )
     table = StreamingTable(points.HEADER, points.row, out)
     records = points.bench_points(devices, args.strides, sizes, args.repeat, table.add)
+    if args.objects:
+        print(f"\n3D objects (default options, {args.classes} classes, host)", file=out)
+        table = StreamingTable(points.OBJECTS_HEADER, points.objects_row, out)
+        found = points.bench_objects(sizes, args.classes, args.repeat, table.add)
+        records += [{"stage": "objects", **record} for record in found]
     return _finish(args, _meta("points", repeat=args.repeat), records)
 
 

@@ -2,7 +2,8 @@
 
 The node holds one :class:`Camera` per input. Key ``""``: inputs ``image`` (or
 ``<image>/compressed``), ``camera_info``, ``depth``; outputs ``~/labels``, ``~/confidence``,
-``~/confidence/<class>``, ``~/mask/<class>``, ``~/overlay``, ``~/camera_info``, ``~/points``.
+``~/confidence/<class>``, ``~/mask/<class>``, ``~/overlay``, ``~/camera_info``, ``~/points``,
+and with ``objects`` ``~/objects/markers`` (and ``~/objects`` where vision_msgs imports).
 Key ``k``: the same under ``k/`` and ``~/k/``. All inputs are remappable. camera_info is
 always subscribed (the labels' camera model is published whenever one is known); with depth,
 the camera's :class:`~ovseg_ros.points_stage.PointsStage` receives the depth messages and
@@ -21,6 +22,7 @@ from rclpy.lifecycle import LifecycleNode
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
 
 from ovseg_ros.camera_info_input import CameraInfoInput
 from ovseg_ros.outputs import (
@@ -28,6 +30,8 @@ from ovseg_ros.outputs import (
     CONFIDENCE,
     LABEL_INFO,
     LABELS,
+    OBJECT_MARKERS,
+    OBJECTS,
     OVERLAY,
     POINTS,
     LabelInfoOutput,
@@ -43,8 +47,11 @@ from ovseg_ros.ros.output_messages import (
     OutputMessages,
     camera_info_message,
     cloud_message,
+    detection_array_message,
+    detection_types,
     label_info_message,
     label_info_types,
+    marker_array_message,
 )
 from ovseg_ros.ros.qos import LABEL_INFO_QOS, OUTPUT_QOS
 from ovseg_ros.ros.worker import Frame
@@ -84,6 +91,9 @@ class Camera:
             )
         # "confidence/<class>" and "mask/<class>" -> publisher
         self._class_publishers: dict[str, object] = {}
+        # ~/objects/markers and ~/objects while objects are on (set_objects)
+        self._object_publishers: dict[str, object] = {}
+        self._detection_types = detection_types()
         # ~/label_info where vision_msgs imports (latched: a plain publisher, like ~/vocabulary)
         self._label_info_types = label_info_types()
         self._label_info = None
@@ -215,10 +225,35 @@ class Camera:
                     publisher.on_activate(None)
                 self._class_publishers[suffix] = publisher
 
+    def set_objects(self, enabled: bool) -> None:
+        """Create (or destroy) the objects publishers: ``~/objects/markers``, and
+        ``~/objects`` where vision_msgs imports. Only with depth."""
+        if not enabled or self.depth is None:
+            for publisher in self._object_publishers.values():
+                self.node.destroy_lifecycle_publisher(publisher)
+            self._object_publishers = {}
+            return
+        if self._object_publishers:
+            return
+        types = {OBJECT_MARKERS: MarkerArray}
+        if self._detection_types is not None:
+            types[OBJECTS] = self._detection_types.Detection3DArray
+        for suffix, msg_type in types.items():
+            publisher = self.node.create_lifecycle_publisher(
+                msg_type, f"{self.prefix}/{suffix}", OUTPUT_QOS
+            )
+            if self._active:  # created after on_activate: enable it ourselves
+                publisher.on_activate(None)
+            self._object_publishers[suffix] = publisher
+
     def listening(self) -> frozenset[str]:
         """The outputs besides the labels someone subscribes to (confidence, per-class
-        confidences and masks, overlay, camera_info, points): the others are not computed."""
-        optional = [CONFIDENCE, OVERLAY, CAMERA_INFO, POINTS, *self._class_publishers]
+        confidences and masks, overlay, camera_info, points, objects): the others are not
+        computed."""
+        optional = [
+            CONFIDENCE, OVERLAY, CAMERA_INFO, POINTS, *self._class_publishers,
+            *self._object_publishers,
+        ]  # fmt: skip
         return frozenset(
             suffix
             for suffix in optional
@@ -241,7 +276,25 @@ class Camera:
             self._publishers[POINTS].publish(cloud_message(frame.cloud.cloud, cloud_header))
         if frame.camera_info is not None and CAMERA_INFO in self._publishers:
             self._publishers[CAMERA_INFO].publish(camera_info_message(header, frame.camera_info))
-        for warning in frame.warnings:
+        self.log_warnings(frame.warnings)
+
+    def publish_objects(self, frame: FrameResult) -> None:
+        """Publish the frame's 3D objects (found after its labels were published), with the
+        color frame's stamp and the depth image's frame_id."""
+        objects = frame.objects
+        if objects is None:
+            return
+        header = Header(stamp=frame.header.stamp, frame_id=objects.frame_id)
+        markers = self._object_publishers.get(OBJECT_MARKERS)
+        if markers is not None:
+            markers.publish(marker_array_message(header, objects))
+        detections = self._object_publishers.get(OBJECTS)
+        if detections is not None:
+            detections.publish(detection_array_message(self._detection_types, header, objects))
+
+    def log_warnings(self, warnings: list[str]) -> None:
+        """Log (already throttled) warnings about this camera's frames."""
+        for warning in warnings:
             where = f"camera {self.key!r}: " if self.key else ""
             self.node.get_logger().warning(where + warning)
 
@@ -281,12 +334,21 @@ class Camera:
     def destroy(self) -> None:
         self.unsubscribe()
         self._inputs.drain()
-        for publisher in [*self._publishers.values(), *self._class_publishers.values()]:
+        publishers = [
+            *self._publishers.values(),
+            *self._class_publishers.values(),
+            *self._object_publishers.values(),
+        ]
+        for publisher in publishers:
             self.node.destroy_lifecycle_publisher(publisher)
-        self._publishers, self._class_publishers = {}, {}
+        self._publishers, self._class_publishers, self._object_publishers = {}, {}, {}
         if self._label_info is not None:
             self.node.destroy_publisher(self._label_info)
             self._label_info = None
 
     def _publisher(self, suffix: str):
-        return self._publishers.get(suffix) or self._class_publishers.get(suffix)
+        return (
+            self._publishers.get(suffix)
+            or self._class_publishers.get(suffix)
+            or self._object_publishers.get(suffix)
+        )

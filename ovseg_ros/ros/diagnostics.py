@@ -161,26 +161,42 @@ def segmentation_status(
 def points_status(
     name: str, now: dict[str, int], previous: dict[str, int], active: bool
 ) -> DiagnosticStatus:
-    """The status of one camera's point clouds (``"<node>: points[ <camera>]"``).
+    """The status of one camera's point clouds and 3D objects (``"<node>: points[ <camera>]"``).
 
     ``now`` / ``previous``: :meth:`ovseg_ros.points_stage.PointsStage.counters` at this and the
-    previous status. WARN while active when clouds were skipped since the previous status
-    (the message names the most frequent reason), OK otherwise.
+    previous status. WARN while active when clouds or objects were skipped since the previous
+    status (the message names the most frequent reason), OK otherwise. With objects, the
+    message and the ``objects_per_frame`` / ``objects_ms_per_frame`` values give the period's
+    objects and time per frame.
     """
-    skipped = {
-        key.removeprefix("clouds_skipped_"): n - previous.get(key, 0)
-        for key, n in now.items()
-        if key.startswith("clouds_skipped_")
-    }
-    new_clouds = now.get("clouds_published", 0) - previous.get("clouds_published", 0)
-    level, message = DiagnosticStatus.OK, f"{new_clouds} clouds"
-    worst = max(skipped, key=lambda k: skipped[k], default="")
-    if active and worst and skipped[worst] > 0:
-        level = DiagnosticStatus.WARN
-        message = f"{sum(skipped.values())} clouds skipped (mostly {worst}), {new_clouds} published"
+
+    def since(key: str) -> int:
+        return now.get(key, 0) - previous.get(key, 0)
+
+    parts, level, values = [], DiagnosticStatus.OK, dict(now)
+    for what in ("clouds", "objects"):
+        prefix = f"{what}_skipped_"
+        skipped = {k.removeprefix(prefix): since(k) for k in now if k.startswith(prefix)}
+        worst = max(skipped, key=lambda k: skipped[k], default="")
+        made = since("clouds_published" if what == "clouds" else "objects_frames")
+        if active and worst and skipped[worst] > 0:
+            level = DiagnosticStatus.WARN
+            parts.append(
+                f"{sum(skipped.values())} {what} frames skipped (mostly {worst}), {made} made"
+                if what == "objects"
+                else f"{sum(skipped.values())} clouds skipped (mostly {worst}), {made} published"
+            )
+        elif what == "clouds" or made:
+            parts.append(f"{made} {what if what == 'clouds' else 'frames of objects'}")
+    frames = since("objects_frames")
+    if frames:
+        per_frame = since("objects_found") / frames
+        ms = since("objects_time_us") / frames / 1000.0
+        parts[-1] += f" ({per_frame:.1f} objects in {ms:.1f} ms per frame)"
+        values.update(objects_per_frame=f"{per_frame:.2f}", objects_ms_per_frame=f"{ms:.2f}")
     return DiagnosticStatus(
         level=level,
         name=name,
-        message=message,
-        values=[KeyValue(key=k, value=str(v)) for k, v in now.items()],
+        message="; ".join(parts),
+        values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
     )

@@ -47,7 +47,7 @@ from ovseg_ros.ros.camera import Camera
 from ovseg_ros.ros.compat import QoSRequestedIncompatibleQoSInfo
 from ovseg_ros.ros.diagnostics import node_info, node_statuses
 from ovseg_ros.ros.lifecycle_guard import guard_change_state
-from ovseg_ros.ros.output_messages import label_info_types, publish_text
+from ovseg_ros.ros.output_messages import detection_types, label_info_types, publish_text
 from ovseg_ros.ros.qos import VOCABULARY_QOS
 from ovseg_ros.ros.stats import Stats
 from ovseg_ros.ros.versions import VersionLog
@@ -147,6 +147,13 @@ class SegmentNode(LifecycleNode):
             )
             for key in settings.cameras
         ]
+        for camera in self.cameras:
+            camera.set_objects(settings.points.objects.enabled)
+        if settings.points.objects.enabled and detection_types() is None:
+            self.get_logger().info(
+                "~/objects is off: vision_msgs does not import here (install "
+                "ros-$ROS_DISTRO-vision-msgs); ~/objects/markers carries the objects"
+            )
         if label_info_types() is None:
             self.get_logger().info(
                 "~/label_info is off: vision_msgs does not import here (install "

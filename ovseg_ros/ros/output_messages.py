@@ -8,6 +8,10 @@ the same). rclpy serialises the message inside ``publish``, so the buffer is fre
 numpy array or a list is checked element by element on assignment (~150 ms for a 640x480
 32FC1 image).
 
+Objects: ``visualization_msgs/MarkerArray`` always (a PyPI wheel exists), and
+``vision_msgs/Detection3DArray`` where vision_msgs imports, both from the records of
+:class:`~ovseg_ros.outputs.ObjectsOutput` (replay writes the same through rosbags).
+
 Clouds: with ``sensor_msgs_py.point_cloud2.create_cloud`` where it imports (every ROS install);
 the pip-only ROS has no ``sensor_msgs_py``, so the same message is filled from the same bytes
 there. Either way the point data is copied once, with no Python loop over points.
@@ -20,11 +24,13 @@ import sys
 from typing import Any
 
 import numpy as np
+from geometry_msgs.msg import Point, Pose, Vector3
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField, RegionOfInterest
-from std_msgs.msg import Header, String
+from std_msgs.msg import ColorRGBA, Header, String
+from visualization_msgs.msg import Marker, MarkerArray
 
 from ovseg_ros.image_conversion import image_fields_and_array
-from ovseg_ros.outputs import CameraInfoOutput, LabelInfoOutput
+from ovseg_ros.outputs import CameraInfoOutput, LabelInfoOutput, ObjectsOutput
 from ovseg_ros.points import PointCloudData
 
 
@@ -145,3 +151,48 @@ def label_info_message(types: tuple[type, type], header: Header, info: LabelInfo
     msg.class_map = [vision_class(class_id=i, class_name=name) for i, name in info.class_map]
     msg.threshold = info.threshold
     return msg
+
+
+def marker_array_message(header: Header, objects: ObjectsOutput) -> MarkerArray:
+    """``~/objects/markers``: DELETEALL, then a CUBE and a TEXT_VIEW_FACING per object
+    (:meth:`~ovseg_ros.outputs.ObjectsOutput.markers`), each with ``header``."""
+    markers = []
+    for spec in objects.markers():
+        marker = Marker(header=header, ns=spec.ns, id=spec.id, type=spec.type, action=spec.action)
+        marker.pose = Pose(
+            position=Point(x=spec.position[0], y=spec.position[1], z=spec.position[2])
+        )
+        marker.scale = Vector3(x=spec.scale[0], y=spec.scale[1], z=spec.scale[2])
+        r, g, b, a = spec.color
+        marker.color = ColorRGBA(r=r, g=g, b=b, a=a)
+        marker.text = spec.text
+        markers.append(marker)
+    return MarkerArray(markers=markers)
+
+
+def detection_types() -> Any:
+    """The ``vision_msgs.msg`` module where vision_msgs imports (a ROS install with
+    ``ros-<distro>-vision-msgs``), else None (it has no PyPI wheel)."""
+    try:
+        from vision_msgs import msg
+    except ImportError:
+        return None
+    return msg
+
+
+def detection_array_message(types: Any, header: Header, objects: ObjectsOutput) -> Any:
+    """``~/objects``: a ``vision_msgs/Detection3DArray`` of
+    :meth:`~ovseg_ros.outputs.ObjectsOutput.detections`; ``types``: from
+    :func:`detection_types` (or any module with the same classes)."""
+    detections = []
+    for spec in objects.detections():
+        hypothesis = types.ObjectHypothesisWithPose()
+        hypothesis.hypothesis.class_id, hypothesis.hypothesis.score = spec.class_id, spec.score
+        hypothesis.pose.pose.position = Point(
+            x=spec.centroid[0], y=spec.centroid[1], z=spec.centroid[2]
+        )
+        detection = types.Detection3D(header=header, results=[hypothesis], id=spec.id)
+        detection.bbox.center.position = Point(x=spec.center[0], y=spec.center[1], z=spec.center[2])
+        detection.bbox.size = Vector3(x=spec.size[0], y=spec.size[1], z=spec.size[2])
+        detections.append(detection)
+    return types.Detection3DArray(header=header, detections=detections)

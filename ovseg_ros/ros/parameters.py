@@ -26,6 +26,7 @@ from rclpy.parameter import Parameter
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from ovseg_ros.outputs import MASK, is_name_token
 from ovseg_ros.pipeline import per_class_topics, string_list
+from ovseg_ros.points.objects import MAX_DEPTH_GAP, MAX_MIN_POINTS
 from ovseg_ros.points_stage import PointsSettings
 from ovseg_ros.segmentation.budget import check_frame_memory
 from ovseg_ros.segmentation.config import FieldSpec, SegmenterConfig, field_specs
@@ -51,7 +52,7 @@ MAX_CLASS_TOPICS = 32  # ~/confidence/<class> (or ~/mask/<class>) topics: a publ
 MAX_CAMERAS = 16
 MAX_POINTS_CLASSES = 256
 # The node's outputs below a camera's namespace: the longest decides whether a name fits.
-CAMERA_TOPICS = ("labels", "confidence", "overlay", "points", "camera_info")
+CAMERA_TOPICS = ("labels", "confidence", "overlay", "points", "camera_info", "objects/markers")
 CAMERA_INPUTS = ("image", "depth", "camera_info")
 
 NODE_SPECS: tuple[FieldSpec, ...] = (
@@ -216,6 +217,43 @@ NODE_SPECS: tuple[FieldSpec, ...] = (
         "all. Changeable at runtime.",
         max_items=MAX_POINTS_CLASSES,
     ),
+    # -- 3D objects (ovseg_ros.points.objects), from the same depth pairing as the cloud --
+    FieldSpec(
+        "objects",
+        bool,
+        False,
+        "Publish the 3D objects of each frame on ~/objects/markers (visualization_msgs/"
+        "MarkerArray) and, where vision_msgs imports, ~/objects (vision_msgs/Detection3DArray):"
+        " connected pixels of one class whose neighbours' depths differ by at most "
+        "objects_depth_gap. Needs depth: true. Computed only while someone subscribes, after the "
+        "labels are published. Changeable at runtime.",
+    ),
+    FieldSpec(
+        "objects_classes",
+        list[str],
+        [],
+        "Only objects of these classes (names or synonyms in classes); empty: every class. "
+        "Changeable at runtime.",
+        max_items=MAX_POINTS_CLASSES,
+    ),
+    FieldSpec(
+        "objects_min_points",
+        int,
+        50,
+        "Objects of fewer pixels (with valid depth) are dropped. Changeable at runtime.",
+        minimum=1,
+        maximum=MAX_MIN_POINTS,
+    ),
+    FieldSpec(
+        "objects_depth_gap",
+        float,
+        0.15,
+        "Metres: neighbouring pixels of one class whose depths differ by more are not "
+        "connected (two chairs side by side at different depths are two objects). Changeable "
+        "at runtime.",
+        minimum=0.001,
+        maximum=MAX_DEPTH_GAP,
+    ),
     FieldSpec(
         "max_frame_memory_mb",
         float,
@@ -229,12 +267,17 @@ NODE_SPECS: tuple[FieldSpec, ...] = (
         rebuild=True,
     ),
 )
+# The depth side's runtime-changeable parameters (ovseg_ros.points_stage.PointsSettings).
 POINTS_PARAMETERS = (
     "points_stride",
     "points_organized",
     "depth_min",
     "depth_max",
     "points_classes",
+    "objects",
+    "objects_classes",
+    "objects_min_points",
+    "objects_depth_gap",
 )
 
 _TYPES = {
@@ -539,9 +582,13 @@ def check_change(
 
 
 def points_settings(node: Node, changed: dict[str, Any] | None = None) -> PointsSettings:
-    """The cloud parameters (with ``changed`` values applied); ``ValueError`` if invalid."""
+    """The depth side's parameters (with ``changed`` values applied); ``ValueError`` if
+    invalid, or when ``objects`` is on without ``depth``."""
     values = {name: value(node, name) for name in POINTS_PARAMETERS}
-    return PointsSettings.from_values({**values, **(changed or {})})
+    settings = PointsSettings.from_values({**values, **(changed or {})})
+    if settings.objects.enabled and not value(node, "depth"):
+        raise ValueError("objects: true needs depth: true (objects are found in the depth image)")
+    return settings
 
 
 def check_points_change(

@@ -30,7 +30,13 @@ from typing import Any, Protocol
 
 from ovseg_ros.image_conversion import ImageConversionError
 from ovseg_ros.log_throttle import KindThrottle, problem_kind, suppressed_note
-from ovseg_ros.pipeline import FrameInput, FrameResult, per_class_topics, process_frames
+from ovseg_ros.pipeline import (
+    FrameInput,
+    FrameResult,
+    complete_objects,
+    per_class_topics,
+    process_frames,
+)
 from ovseg_ros.points_stage import PointsSettings
 from ovseg_ros.ros.stats import Stats
 from ovseg_ros.ros.versions import VersionLog
@@ -269,7 +275,13 @@ class Camera(Protocol):
 
     def set_plan(self, class_topics: dict[str, int], overlay_alpha: float | None) -> None: ...
 
+    def set_objects(self, enabled: bool) -> None: ...
+
     def publish(self, frame: FrameResult) -> None: ...
+
+    def publish_objects(self, frame: FrameResult) -> None: ...
+
+    def log_warnings(self, warnings: list[str]) -> None: ...
 
     def publish_label_info(
         self, vocabulary: Any, valid_from: int | None, threshold: float
@@ -331,6 +343,7 @@ class RoundJob:
             for camera in self.cameras.values():
                 if camera.depth is not None:
                     camera.depth.set_settings(changes.points)
+                    camera.set_objects(changes.points.objects.enabled)
         if changes.confidence is not None:
             self.settings = replace(self.settings, confidence_classes=changes.confidence)
         if changes.masks is not None:
@@ -383,7 +396,8 @@ class RoundJob:
     # -- a round ---------------------------------------------------------------------------------
 
     def process(self, frames: list[Frame]) -> None:
-        """Segment the round's frames in one batch, then publish each camera's outputs."""
+        """Segment the round's frames in one batch, publish each camera's outputs, then find
+        and publish their 3D objects (the labels never wait for them)."""
         round_ = [(self.cameras[f.camera], f) for f in frames if f.camera in self.cameras]
         inputs = [
             FrameInput(
@@ -413,8 +427,12 @@ class RoundJob:
                 self._invalid(camera, frame, result)
                 continue
             camera.publish(result)
+        published = self._clock.now().nanoseconds
+        for camera, _, result in done:
+            camera.log_warnings(complete_objects(result))
+            camera.publish_objects(result)
             stamp = stamps[camera.key]
-            latency = (self._clock.now().nanoseconds - stamp) * 1e-9 if stamp > 0 else None
+            latency = (published - stamp) * 1e-9 if stamp > 0 else None
             self.stats.record_frame(camera.key, result.inference_s, latency, result.output_kinds())
 
     def on_error(self, message: str) -> None:

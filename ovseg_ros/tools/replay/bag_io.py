@@ -30,7 +30,7 @@ from rosbags.interfaces import (
 )
 from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterError
 
-from ovseg_ros.outputs import LABEL_INFO_DEFINITIONS, LABEL_INFO_TYPE
+from ovseg_ros.outputs import DETECTION3D_DEFINITIONS, LABEL_INFO_DEFINITIONS
 
 STORAGES: tuple[str, ...] = ("sqlite3", "mcap")
 BAG_VERSION = 9  # rosbag2 metadata version of ROS 2 Jazzy
@@ -59,17 +59,18 @@ def new_typestore() -> Any:
     return get_typestore(Stores.ROS2_JAZZY)
 
 
-def register_label_info(typestore: Any) -> None:
-    """Register ``vision_msgs/msg/LabelInfo`` (and ``VisionClass``) in ``typestore`` from
-    their definitions, unless it knows them (vision_msgs is in no rosbags store)."""
+def register_vision_msgs(typestore: Any) -> None:
+    """Register the vision_msgs types the outputs use (``LabelInfo``, ``Detection3DArray``
+    and the types they hold) in ``typestore`` from their definitions, unless it knows them
+    (vision_msgs is in no rosbags store)."""
     from rosbags.typesys import get_types_from_msg
 
-    if LABEL_INFO_TYPE in typestore.types:
-        return
     types: dict[str, Any] = {}
-    for name, definition in LABEL_INFO_DEFINITIONS.items():
-        types.update(get_types_from_msg(definition, name))
-    typestore.register(types)
+    for name, definition in {**LABEL_INFO_DEFINITIONS, **DETECTION3D_DEFINITIONS}.items():
+        if name not in typestore.types:
+            types.update(get_types_from_msg(definition, name))
+    if types:
+        typestore.register(types)
 
 
 def _qos(depth: int, durability: QosDurability) -> Qos:

@@ -104,12 +104,28 @@ def format_summary(stats: ReplayStats) -> str:
         if hidden > 0:
             lines.append(f"    ({hidden} more skipped frames not listed above)")
     if stats.clouds:
-        prefix = "clouds_skipped_"
-        skipped = [f"{k[len(prefix) :]}: {n}" for k, n in stats.clouds.items() if k[:15] == prefix]
+        counters = stats.clouds
+
+        def skipped(what: str) -> str:
+            prefix = f"{what}_skipped_"
+            return ", ".join(
+                f"{k.removeprefix(prefix)}: {n}"
+                for k, n in counters.items()
+                if k.startswith(prefix)
+            )
+
         lines.append(
-            f"  point clouds: {stats.clouds['clouds_published']} written; skipped: "
-            + ", ".join(skipped)
+            f"  point clouds: {counters['clouds_published']} written; skipped: {skipped('clouds')}"
         )
+        if counters["objects_frames"] or any(
+            n for k, n in counters.items() if k.startswith("objects_skipped_")
+        ):
+            frames = max(counters["objects_frames"], 1)
+            lines.append(
+                f"  objects: {counters['objects_found']} in {counters['objects_frames']} frames "
+                f"({counters['objects_time_us'] / frames / 1000:.1f} ms per frame); frames "
+                f"without depth or camera model: {skipped('objects')}"
+            )
     lines.append(f"  output: {stats.output} ({plan.output_storage})")
     for topic, msgtype in stats.topics.items():
         lines.append(f"    {topic}  [{msgtype}]  {stats.counts[topic]} messages")
@@ -195,7 +211,8 @@ def _add_depth_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "point clouds",
         "write <namespace>/points and <namespace>/camera_info (as the node with "
-        "depth:=true); the cloud options default to the params file's values",
+        "depth:=true), with --objects the 3D objects; the options default to the params "
+        "file's values",
     )
     add = group.add_argument
     add(
@@ -210,6 +227,16 @@ def _add_depth_arguments(parser: argparse.ArgumentParser) -> None:
     add("--depth-min", type=float, help="metres (default 0.1)")
     add("--depth-max", type=float, help="metres (default 10.0)")
     add("--points-classes", nargs="*", help="only points of these classes (default: all)")
+    add(
+        "--objects",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also write the 3D objects: <namespace>/objects/markers (MarkerArray) and "
+        "<namespace>/objects (vision_msgs/Detection3DArray), as the node with objects:=true",
+    )
+    add("--objects-classes", nargs="*", help="only objects of these classes (default: all)")
+    add("--objects-min-points", type=int, help="fewer pixels: no object (default 50)")
+    add("--objects-depth-gap", type=float, help="metres between neighbours (default 0.15)")
 
 
 def _add_many_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,7 +29,7 @@ from ovseg_ros.outputs import (
     LabelInfoOutput,
     vocabulary_json,
 )
-from ovseg_ros.pipeline import FrameInput, OutputPlan, process_frame
+from ovseg_ros.pipeline import FrameInput, OutputPlan, complete_objects, process_frame
 from ovseg_ros.stamps import stamp_ns, stamp_text
 from ovseg_ros.tools.replay.bag_io import (
     LATCHED_QOS,
@@ -38,7 +38,7 @@ from ovseg_ros.tools.replay.bag_io import (
     copy_connection,
     new_typestore,
     open_writer,
-    register_label_info,
+    register_vision_msgs,
     remove_bag,
     sigint_ignored,
 )
@@ -246,7 +246,7 @@ class OutputBag:
         self.writer, self.typestore, self.stats = writer, typestore, stats
         self._image = typestore.types[IMAGE_TYPE]
         self._string = typestore.types[STRING_TYPE]
-        register_label_info(typestore)
+        register_vision_msgs(typestore)
 
     def add(self, topic: str, msgtype: str, qos: Any) -> Any:
         connection = self.writer.add_connection(
@@ -309,7 +309,11 @@ def add_groups(
             vocabulary=out.add(f"{prefix}/vocabulary", STRING_TYPE, LATCHED_QOS),
             label_info=out.add(f"{prefix}/{LABEL_INFO}", LABEL_INFO_TYPE, LATCHED_QOS),
             connections={s: out.add(f"{prefix}/{s}", IMAGE_TYPE, RELIABLE_QOS) for s in suffixes},
-            points=PointsWriter(out, prefix) if options.depth is not None else None,
+            points=(
+                PointsWriter(out, prefix, options.depth.settings.objects.enabled)
+                if options.depth is not None
+                else None
+            ),
         )
     return groups
 
@@ -390,6 +394,7 @@ class FrameProcessor:
         except ValueError as exc:
             self._skip("refused by the segmenter", group, timestamp, msg.header, str(exc))
             return
+        frame.warnings += complete_objects(frame)  # the node finds them after the labels
         for image in frame.images:
             connection = group.connections[image.suffix]
             out.write_image(connection, timestamp, msg.header, image.array, image.encoding)

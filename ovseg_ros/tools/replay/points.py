@@ -5,7 +5,9 @@ the depth frame of nearest stamp (a raw Image, or compressedDepth when the bag's
 a CompressedImage) and builds ``<namespace>/points`` (PointCloud2, header stamp
 of the color frame, frame_id of the depth image) and ``<namespace>/camera_info`` (the latest
 CameraInfo with the labels' header, scaled to their size), both written at the color frame's
-bag timestamp.
+bag timestamp; with ``--objects`` also ``<namespace>/objects/markers`` (MarkerArray) and
+``<namespace>/objects`` (vision_msgs/Detection3DArray, registered from its definition), the
+messages the node publishes for the same frame.
 
 A bag is read in time order, and a driver may record a color frame before its depth partner:
 color frames wait (:class:`DepthAligner`) until a depth frame stamped at or after them has
@@ -21,7 +23,15 @@ from typing import Any
 import numpy as np
 
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS
-from ovseg_ros.outputs import CAMERA_INFO, POINTS, CameraInfoOutput
+from ovseg_ros.outputs import (
+    CAMERA_INFO,
+    DETECTION3D_ARRAY_TYPE,
+    OBJECT_MARKERS,
+    OBJECTS,
+    POINTS,
+    CameraInfoOutput,
+    ObjectsOutput,
+)
 from ovseg_ros.pipeline import FrameResult
 from ovseg_ros.points_stage import PointsStage
 from ovseg_ros.stamps import stamp_ns
@@ -29,6 +39,7 @@ from ovseg_ros.tools.replay.bag_io import RELIABLE_QOS
 from ovseg_ros.tools.replay.plan import CAMERA_INFO_TYPE, COMPRESSED_TYPE, DepthOptions
 
 POINTCLOUD2_TYPE = "sensor_msgs/msg/PointCloud2"
+MARKER_ARRAY_TYPE = "visualization_msgs/msg/MarkerArray"
 MAX_WAITING = 8  # color frames held back waiting for their depth partner
 
 
@@ -85,11 +96,14 @@ class PointsWriter:
     ``out``: the run's :class:`~ovseg_ros.tools.replay.core.OutputBag`.
     """
 
-    def __init__(self, out: Any, prefix: str) -> None:
+    def __init__(self, out: Any, prefix: str, objects: bool = False) -> None:
         self.out, self.typestore = out, out.typestore
+        topics = {POINTS: POINTCLOUD2_TYPE, CAMERA_INFO: CAMERA_INFO_TYPE}
+        if objects:
+            topics.update({OBJECT_MARKERS: MARKER_ARRAY_TYPE, OBJECTS: DETECTION3D_ARRAY_TYPE})
         self.connections = {
-            POINTS: out.add(f"{prefix}/{POINTS}", POINTCLOUD2_TYPE, RELIABLE_QOS),
-            CAMERA_INFO: out.add(f"{prefix}/{CAMERA_INFO}", CAMERA_INFO_TYPE, RELIABLE_QOS),
+            suffix: out.add(f"{prefix}/{suffix}", msgtype, RELIABLE_QOS)
+            for suffix, msgtype in topics.items()
         }
 
     def write(self, timestamp: int, frame: FrameResult) -> None:
@@ -104,6 +118,97 @@ class PointsWriter:
         if frame.camera_info is not None:
             msg = self._camera_info(header, frame.camera_info)
             self.out.write_message(self.connections[CAMERA_INFO], timestamp, msg, CAMERA_INFO_TYPE)
+        if frame.objects is not None and OBJECT_MARKERS in self.connections:
+            objects_header = types["std_msgs/msg/Header"](
+                stamp=header.stamp, frame_id=frame.objects.frame_id
+            )
+            for suffix, msgtype, message in (
+                (OBJECT_MARKERS, MARKER_ARRAY_TYPE, self._markers),
+                (OBJECTS, DETECTION3D_ARRAY_TYPE, self._detections),
+            ):
+                msg = message(objects_header, frame.objects)
+                self.out.write_message(self.connections[suffix], timestamp, msg, msgtype)
+
+    def _markers(self, header: Any, objects: ObjectsOutput) -> Any:
+        """The node's ``~/objects/markers`` (ovseg_ros.ros.output_messages) in rosbags types:
+        every field the node sets, the rest at their defaults."""
+        types = self.typestore.types
+        point, vector = types["geometry_msgs/msg/Point"], types["geometry_msgs/msg/Vector3"]
+        pose = types["geometry_msgs/msg/Pose"]
+        quaternion = types["geometry_msgs/msg/Quaternion"]
+        color = types["std_msgs/msg/ColorRGBA"]
+        duration = types["builtin_interfaces/msg/Duration"]
+        marker, mesh = (
+            types["visualization_msgs/msg/Marker"],
+            types["visualization_msgs/msg/MeshFile"],
+        )
+        image = types["sensor_msgs/msg/CompressedImage"]
+        empty_header = types["std_msgs/msg/Header"](
+            stamp=types["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id=""
+        )
+        markers = [
+            marker(
+                header=header,
+                ns=spec.ns,
+                id=spec.id,
+                type=spec.type,
+                action=spec.action,
+                pose=pose(
+                    position=point(*spec.position), orientation=quaternion(0.0, 0.0, 0.0, 1.0)
+                ),
+                scale=vector(*spec.scale),
+                color=color(*spec.color),
+                lifetime=duration(sec=0, nanosec=0),
+                frame_locked=False,
+                points=[],
+                colors=[],
+                texture_resource="",
+                texture=image(header=empty_header, format="", data=np.zeros(0, np.uint8)),
+                uv_coordinates=[],
+                text=spec.text,
+                mesh_resource="",
+                mesh_file=mesh(filename="", data=np.zeros(0, np.uint8)),
+                mesh_use_embedded_materials=False,
+            )  # fmt: skip
+            for spec in objects.markers()
+        ]
+        return types[MARKER_ARRAY_TYPE](markers=markers)
+
+    def _detections(self, header: Any, objects: ObjectsOutput) -> Any:
+        """The node's ``~/objects`` (where vision_msgs imports) in rosbags types."""
+        types = self.typestore.types
+        point, vector = types["geometry_msgs/msg/Point"], types["geometry_msgs/msg/Vector3"]
+        quaternion = types["geometry_msgs/msg/Quaternion"]
+        pose = types["geometry_msgs/msg/Pose"]
+        identity = quaternion(0.0, 0.0, 0.0, 1.0)
+        with_covariance = types["geometry_msgs/msg/PoseWithCovariance"]
+        hypothesis = types["vision_msgs/msg/ObjectHypothesis"]
+        with_pose = types["vision_msgs/msg/ObjectHypothesisWithPose"]
+        box, detection = (
+            types["vision_msgs/msg/BoundingBox3D"],
+            types["vision_msgs/msg/Detection3D"],
+        )
+        detections = [
+            detection(
+                header=header,
+                results=[
+                    with_pose(
+                        hypothesis=hypothesis(class_id=spec.class_id, score=spec.score),
+                        pose=with_covariance(
+                            pose=pose(position=point(*spec.centroid), orientation=identity),
+                            covariance=np.zeros(36),
+                        ),
+                    )
+                ],
+                bbox=box(
+                    center=pose(position=point(*spec.center), orientation=identity),
+                    size=vector(*spec.size),
+                ),
+                id=spec.id,
+            )  # fmt: skip
+            for spec in objects.detections()
+        ]
+        return types[DETECTION3D_ARRAY_TYPE](header=header, detections=detections)
 
     def _cloud(self, header: Any, cloud: Any) -> Any:
         types = self.typestore.types

@@ -140,6 +140,8 @@ def _max_image_pixels(args: argparse.Namespace, params: dict[str, Any]) -> int:
 def depth_options(args: argparse.Namespace, params: dict[str, Any]) -> DepthOptions | None:
     """``--depth-topic`` and friends (flags win over the params file), checked."""
     if args.depth_topic is None and args.camera_info_topic is None:
+        if args.objects:
+            raise ReplayError("--objects needs --depth-topic and --camera-info-topic")
         return None
     if not args.depth_topic or not args.camera_info_topic:
         raise ReplayError("--depth-topic and --camera-info-topic go together")
@@ -150,16 +152,20 @@ def depth_options(args: argparse.Namespace, params: dict[str, Any]) -> DepthOpti
         "depth_max": args.depth_max,
         "points_classes": args.points_classes,
         "depth_sync_tolerance": args.depth_sync_tolerance,
+        "objects_classes": args.objects_classes,
+        "objects_min_points": args.objects_min_points,
+        "objects_depth_gap": args.objects_depth_gap,
     }
     values = {k: params[k] for k in flags if params.get(k) is not None}
     values.update({k: v for k, v in flags.items() if v is not None})
+    values["objects"] = bool(args.objects)  # only when asked, as --depth-topic: not from params
     try:
         settings = PointsSettings.from_values(values)
         tolerance = float(values.get("depth_sync_tolerance", 0.02))
         if not tolerance >= 0.0:
             raise ValueError(f"depth_sync_tolerance must be >= 0 seconds, got {tolerance}")
     except (TypeError, ValueError) as exc:
-        raise ReplayError(f"point cloud options: {exc}") from None
+        raise ReplayError(f"point cloud / objects options: {exc}") from None
     return DepthOptions(
         absolute_topic(args.depth_topic),
         absolute_topic(args.camera_info_topic),
