@@ -393,10 +393,14 @@ class ObjectsJob:
             settings.objects.classes, "objects_classes", vocabulary, warnings
         )
         options = settings.objects.options(settings.depth_min, settings.depth_max, ids)
-        objects = find_objects(
-            self.depth, self.model, self.result.label_ids, self.result.confidence,
-            len(vocabulary), options,
-        )  # fmt: skip
+        try:
+            objects = find_objects(
+                self.depth, self.model, self.result.label_ids, self.result.confidence,
+                len(vocabulary), options,
+            )  # fmt: skip
+        except PointsError as exc:  # arrays the depth image cannot carry: no objects
+            warnings.append(f"no objects: {exc}")
+            return ObjectsOutput.empty(self.frame_id), warnings
         self.stage.record_objects(len(objects), time.perf_counter() - started)
         return ObjectsOutput.of(objects, vocabulary, self.frame_id), warnings
 
