@@ -57,6 +57,9 @@ setup(
             "ros-jazzy-diagnostic-msgs",
             "ros-jazzy-lifecycle-msgs",
             "ros-jazzy-visualization-msgs",  # ~/objects/markers (vision_msgs has no wheel)
+            # python3-opencv (package.xml) where no rosdep installs it: temporal fusion's
+            # optical flow needs it (temporal_alpha > 0 is refused without)
+            "opencv-python-headless",
         ],
     },
     zip_safe=True,

@@ -12,7 +12,9 @@ wanted. The objects are found in a second step, :func:`complete_objects`, which 
 after it has published the round's labels (they never wait for the objects).
 
 Several cameras' frames go through :func:`process_frames` as one round: decoded, segmented
-by one ``segment_batch`` call, then each frame's outputs.
+by one ``segment_batch`` call (a camera with temporal fusion on has its frame's scores fused
+with its previous frames' between the engine's scoring and its labels:
+:mod:`ovseg_ros.temporal`), then each frame's outputs.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from ovseg_ros.outputs import (
     render_overlay,
 )
 from ovseg_ros.points_stage import ObjectsJob, PointsStage
+from ovseg_ros.stamps import stamp_ns
+from ovseg_ros.temporal import TemporalFusion, segment_frames
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class FrameInput:
     max_pixels: int | None = MAX_IMAGE_PIXELS
     depth: PointsStage | None = None
     camera_info: CameraInfoInput | None = None
+    temporal: TemporalFusion | None = None  # the camera's temporal fusion (None: frame alone)
 
     def wants(self, suffix: str) -> bool:
         return self.wanted is None or suffix in self.wanted
@@ -235,9 +240,12 @@ def process_frames(
         except ImageConversionError as exc:
             decoded.append(exc)
     images = [rgb for rgb in decoded if isinstance(rgb, np.ndarray)]
+    kept = [f for f, rgb in zip(frames, decoded, strict=True) if isinstance(rgb, np.ndarray)]
+    stages, stamps = [f.temporal for f in kept], [stamp_ns(f.msg.header.stamp) for f in kept]
     started = time.perf_counter()
-    # Pixels below prob_threshold get the unlabeled value, not a robot's class 0.
-    results = iter(segmenter.segment_batch(images, unlabeled=True) if images else [])
+    # Pixels below prob_threshold get the unlabeled value, not a robot's class 0. A camera's
+    # temporal fusion, when on, runs between scoring and labels (ovseg_ros.temporal).
+    results = iter(segment_frames(segmenter, images, stages, stamps) if images else [])
     inference = time.perf_counter() - started
     out: list[FrameResult | ImageConversionError] = []
     for frame, rgb in zip(frames, decoded, strict=True):

@@ -24,6 +24,7 @@ LAYERS = {
     "outputs": 3,
     "camera_info_input": 4,
     "points_stage": 4,
+    "temporal": 4,  # temporal fusion between scoring and labels
     "pipeline": 5,  # the shared frame pipeline: the top of the ROS-free layer
     "harness": 6,
     "ros": 6,

@@ -50,6 +50,7 @@ from ovseg_ros.ros.lifecycle_guard import guard_change_state
 from ovseg_ros.ros.output_messages import detection_types, label_info_types, publish_text
 from ovseg_ros.ros.qos import VOCABULARY_QOS
 from ovseg_ros.ros.stats import Stats
+from ovseg_ros.ros.temporal_status import TemporalDiagnostics
 from ovseg_ros.ros.versions import VersionLog
 from ovseg_ros.ros.vocabulary_updater import VocabularyUpdater, accepted_message, pending_info
 from ovseg_ros.ros.worker import (
@@ -61,6 +62,7 @@ from ovseg_ros.ros.worker import (
     Worker,
 )
 from ovseg_ros.segmentation.config import SegmenterConfig
+from ovseg_ros.temporal import TemporalFusion
 
 JOIN_TIMEOUT_S = 5.0  # a worker stuck in a long CPU inference is abandoned after this
 
@@ -76,6 +78,8 @@ class SegmentNode(LifecycleNode):
         self.versions = VersionLog()
         self.worker = Worker(self.stats)
         self.cameras: list[Camera] = []  # created at configure
+        self.temporal: dict[str, TemporalFusion] = {}  # camera key -> fusion, from configure
+        self._temporal_diagnostics = TemporalDiagnostics()
         self.qos_follower = ReliabilityFollower(self)  # qos_reliability auto, while active
         self._pending = PendingChanges()  # accepted parameter changes, for the worker
         # classes changes are encoded on their own thread; the worker activates them.
@@ -119,6 +123,7 @@ class SegmentNode(LifecycleNode):
             overlay_alpha=change.overlay_alpha,
             points=change.points,
             knobs=change.knobs,
+            temporal=change.temporal,
         )
         if self._pending.add(queued):
             self.worker.wake()
@@ -154,6 +159,7 @@ class SegmentNode(LifecycleNode):
                 "~/objects is off: vision_msgs does not import here (install "
                 "ros-$ROS_DISTRO-vision-msgs); ~/objects/markers carries the objects"
             )
+        self.temporal = {key: TemporalFusion(settings.temporal) for key in settings.cameras}
         if label_info_types() is None:
             self.get_logger().info(
                 "~/label_info is off: vision_msgs does not import here (install "
@@ -183,6 +189,7 @@ class SegmentNode(LifecycleNode):
             changes=self._pending,
             logger=self.get_logger(),
             clock=self.get_clock(),
+            temporal=self.temporal,
         )
         self.worker.start(job)
         self._state_label = "inactive"
@@ -296,6 +303,8 @@ class SegmentNode(LifecycleNode):
             camera.unsubscribe()
         # Wait for a frame in flight, so nothing is published after deactivation returns.
         self.worker.drain(JOIN_TIMEOUT_S)
+        for stage in self.temporal.values():
+            stage.clear()  # a later activation starts a new sequence (not a stamp-gap reset)
 
     def _release(self) -> None:
         self._vocabulary.stop(JOIN_TIMEOUT_S)
@@ -304,6 +313,8 @@ class SegmentNode(LifecycleNode):
         for camera in self.cameras:
             camera.destroy()
         self.cameras = []
+        self.temporal = {}
+        self._temporal_diagnostics = TemporalDiagnostics()  # new stages count from 0
         segmenter, self._segmenter = self._segmenter, None
         if segmenter is not None:
             segmenter.release()
@@ -341,9 +352,11 @@ class SegmentNode(LifecycleNode):
         )  # fmt: skip
         active = self._state_label == "active"
         points = [camera.points_status(self.get_name(), active) for camera in self.cameras]
+        temporal = self._temporal_diagnostics.statuses(self.get_name(), self.temporal)
         msg = DiagnosticArray(
             status=node_statuses(info, self._camera_keys(), snapshots, last, now - last_time)
             + [status for status in points if status is not None]
+            + temporal
         )
         msg.header.stamp = self.get_clock().now().to_msg()
         try:

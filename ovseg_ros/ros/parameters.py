@@ -36,6 +36,15 @@ from ovseg_ros.segmentation.vocabulary import (
     build_vocabulary,
     parse_entries,
 )
+from ovseg_ros.temporal import (
+    DEFAULT_RESET_S,
+    MAX_ALPHA,
+    MAX_RESET_S,
+    MEMORY_CLASS_MAPS,
+    MEMORY_TERM,
+    TemporalSettings,
+    opencv_problem,
+)
 
 DEFAULT_CLASSES = [
     "background; floor; wall; ceiling; sky",
@@ -52,7 +61,8 @@ MAX_CLASS_TOPICS = 32  # ~/confidence/<class> (or ~/mask/<class>) topics: a publ
 MAX_CAMERAS = 16
 MAX_POINTS_CLASSES = 256
 # The node's outputs below a camera's namespace: the longest decides whether a name fits.
-CAMERA_TOPICS = ("labels", "confidence", "overlay", "points", "camera_info", "objects/markers")
+CAMERA_TOPICS = ("labels", "confidence", "overlay", "points", "camera_info")
+OBJECT_TOPICS = ("objects/markers",)  # with objects: true, checked then
 CAMERA_INPUTS = ("image", "depth", "camera_info")
 
 NODE_SPECS: tuple[FieldSpec, ...] = (
@@ -254,6 +264,27 @@ NODE_SPECS: tuple[FieldSpec, ...] = (
         minimum=0.001,
         maximum=MAX_DEPTH_GAP,
     ),
+    # -- temporal fusion (ovseg_ros.temporal) --
+    FieldSpec(
+        "temporal_alpha",
+        float,
+        0.0,
+        "Temporal fusion, per camera: weight of the previous frame's class probabilities, "
+        "warped onto the current frame by optical flow, in the fused ones (labels hold still "
+        "on static or slowly moving cameras); 0: off. Needs OpenCV. Changeable at runtime.",
+        minimum=0.0,
+        maximum=MAX_ALPHA,
+    ),
+    FieldSpec(
+        "temporal_reset_s",
+        float,
+        DEFAULT_RESET_S,
+        "Temporal fusion restarts from the current frame after a stamp gap longer than this "
+        "(seconds; also on a stamp going backwards, a vocabulary or size change and a scene "
+        "cut). Changeable at runtime.",
+        minimum=0.001,
+        maximum=MAX_RESET_S,
+    ),
     FieldSpec(
         "max_frame_memory_mb",
         float,
@@ -357,13 +388,17 @@ def check_node_values(node: Node) -> None:
     points_settings(node)
 
 
-def check_camera_topics(node: Node, cameras: list[str]) -> None:
+def check_camera_topics(node: Node, cameras: list[str], objects: bool | None = None) -> None:
     """``ValueError`` when a camera's input or output topics would not be valid ROS topic
     names here (namespace and node name included), e.g. too long for the rmw (247
-    characters), before anything is created."""
+    characters), before anything is created. ``objects``: whether the objects topics exist
+    (default: the ``objects`` parameter)."""
+    if objects is None:
+        objects = bool(value(node, "objects"))
+    outputs = CAMERA_TOPICS + OBJECT_TOPICS * objects
     for key in cameras:
         prefix = f"{key}/" if key else ""
-        names = [f"~/{prefix}{suffix}" for suffix in CAMERA_TOPICS]
+        names = [f"~/{prefix}{suffix}" for suffix in outputs]
         names += [f"{prefix}{suffix}" for suffix in CAMERA_INPUTS]
         for name in names:
             problem = topic_problem(node, name)
@@ -409,16 +444,21 @@ def class_topic_problems(
     return problems
 
 
-def check_budget(node: Node, config: SegmenterConfig, classes: list[str]) -> None:
+def check_budget(
+    node: Node, config: SegmenterConfig, classes: list[str], temporal_alpha: float | None = None
+) -> None:
     """``ValueError`` (:func:`~ovseg_ros.segmentation.budget.check_frame_memory`) when the
-    largest frame this node accepts would exceed ``max_frame_memory_mb`` with ``config`` and
-    the vocabulary ``classes``."""
+    largest frame this node accepts would exceed ``max_frame_memory_mb`` with ``config``, the
+    vocabulary ``classes`` and temporal fusion (``temporal_alpha``, None: the parameter's)."""
     queries = sum(len(synonyms) for synonyms in parse_entries(classes))
+    if temporal_alpha is None:
+        temporal_alpha = float(value(node, "temporal_alpha"))
     check_frame_memory(
         config,
         int(value(node, "max_image_pixels")),
         queries,
         float(value(node, "max_frame_memory_mb")),
+        {MEMORY_TERM: MEMORY_CLASS_MAPS} if temporal_alpha > 0 else None,
     )
 
 
@@ -462,6 +502,7 @@ class NodeSettings:
     depth_sync_tolerance: float
     depth_transport: str  # raw | compressedDepth
     points: PointsSettings
+    temporal: TemporalSettings = TemporalSettings()  # temporal_alpha, temporal_reset_s
 
 
 def read_settings(node: Node) -> NodeSettings:
@@ -485,6 +526,7 @@ def read_settings(node: Node) -> NodeSettings:
         depth_sync_tolerance=float(value(node, "depth_sync_tolerance")),
         depth_transport=str(value(node, "depth_transport")),
         points=points_settings(node),
+        temporal=temporal_settings(node),
     )
 
 
@@ -498,6 +540,7 @@ class Change:
     overlay_alpha: float | None = None
     knobs: dict[str, Any] | None = None
     points: PointsSettings | None = None  # new cloud settings, when any of them changed
+    temporal: TemporalSettings | None = None  # new fusion settings, when any of them changed
 
 
 def check_request(
@@ -510,13 +553,16 @@ def check_request(
     result, change = check_change(parameters, engine_values(node))
     if result.successful:
         result, change.points = check_points_change(node, parameters)
+    if result.successful:
+        result, change.temporal = check_temporal_change(node, parameters)
     if not result.successful:
         return result, change
     classes = change.classes if change.classes is not None else value(node, "classes") or []
-    if change.knobs or change.classes is not None:
+    if change.knobs or change.classes is not None or change.temporal is not None:
         config = SegmenterConfig.from_dict({**engine_values(node), **(change.knobs or {})})
+        alpha = change.temporal.alpha if change.temporal is not None else None
         try:
-            check_budget(node, config, list(classes))
+            check_budget(node, config, list(classes), alpha)
         except ValueError as exc:
             return _refused(str(exc)), change
     if cameras and any(v is not None for v in (change.classes, change.confidence, change.masks)):
@@ -602,7 +648,47 @@ def check_points_change(
     if not changed:
         return SetParametersResult(successful=True), None
     try:
-        return SetParametersResult(successful=True), points_settings(node, changed)
+        settings = points_settings(node, changed)
+        if settings.objects.enabled and not value(node, "objects"):  # the topics are new
+            cameras = camera_names(value(node, "cameras")) or [""]
+            check_camera_topics(node, cameras, objects=True)
+        return SetParametersResult(successful=True), settings
+    except ValueError as exc:
+        return _refused(str(exc)), None
+
+
+TEMPORAL_PARAMETERS = {"temporal_alpha": "alpha", "temporal_reset_s": "reset_s"}
+
+
+def temporal_settings(node: Node, changed: dict[str, Any] | None = None) -> TemporalSettings:
+    """The fusion parameters (with ``changed`` values applied); ``ValueError`` if invalid, or
+    when fusion is on and OpenCV's optical flow is missing (one line saying what to install)."""
+    values = {name: value(node, name) for name in TEMPORAL_PARAMETERS}
+    values.update(changed or {})
+    try:
+        settings = TemporalSettings(
+            **{field: float(values[name]) for name, field in TEMPORAL_PARAMETERS.items()}
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+    problem = opencv_problem() if settings.enabled else ""
+    if problem:
+        raise ValueError(f"temporal_alpha {settings.alpha:g}: {problem}")
+    return settings
+
+
+def check_temporal_change(
+    node: Node, parameters: list[Parameter]
+) -> tuple[SetParametersResult, TemporalSettings | None]:
+    """Validate a runtime change of the fusion parameters against the current values.
+
+    ``(accepted, new settings)``; settings None when the request changes none of them.
+    """
+    changed = {p.name: p.value for p in parameters if p.name in TEMPORAL_PARAMETERS}
+    if not changed:
+        return SetParametersResult(successful=True), None
+    try:
+        return SetParametersResult(successful=True), temporal_settings(node, changed)
     except ValueError as exc:
         return _refused(str(exc)), None
 

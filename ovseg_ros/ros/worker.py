@@ -42,6 +42,7 @@ from ovseg_ros.ros.stats import Stats
 from ovseg_ros.ros.versions import VersionLog
 from ovseg_ros.ros.vocabulary_updater import VocabularyUpdater
 from ovseg_ros.stamps import stamp_ns
+from ovseg_ros.temporal import TemporalFusion, TemporalSettings
 
 WARN_THROTTLE_S = 5.0  # per camera and kind of problem
 
@@ -216,6 +217,7 @@ class Changes:
     points: PointsSettings | None = None
     knobs: dict[str, Any] | None = None
     masks: list[str] | None = None
+    temporal: TemporalSettings | None = None
 
     @property
     def per_class_changed(self) -> bool:
@@ -223,7 +225,7 @@ class Changes:
         return self.confidence is not None or self.masks is not None
 
     def __bool__(self) -> bool:
-        optional = (self.confidence, self.masks, self.overlay_alpha, self.points)
+        optional = (self.confidence, self.masks, self.overlay_alpha, self.points, self.temporal)
         return any(v is not None for v in optional) or bool(self.knobs)
 
 
@@ -251,6 +253,7 @@ class PendingChanges:
                 masks=newer("masks"),
                 overlay_alpha=newer("overlay_alpha"),
                 points=newer("points"),
+                temporal=newer("temporal"),
                 knobs={**(old.knobs or {}), **(changes.knobs or {})},
             )
         return bool(changes)
@@ -319,8 +322,11 @@ class RoundJob:
         changes: PendingChanges,
         logger: Any,
         clock: Any,
+        temporal: dict[str, TemporalFusion] | None = None,
     ) -> None:
         self.segmenter = segmenter
+        # Each camera's temporal fusion state (cameras without one: frames alone).
+        self.temporal = temporal or {}
         self.cameras = {camera.key: camera for camera in cameras}
         self.settings = settings
         self.stats, self.versions = stats, versions
@@ -339,6 +345,13 @@ class RoundJob:
         if changes.knobs:
             self.segmenter.update_config(**changes.knobs)
             self._logger.info(f"engine parameters updated: {changes.knobs}")
+        if changes.temporal is not None:
+            for stage in self.temporal.values():
+                stage.set_settings(changes.temporal)
+            self._logger.info(
+                f"temporal fusion: alpha {changes.temporal.alpha:g}, reset after "
+                f"{changes.temporal.reset_s:g} s"
+            )
         if changes.points is not None:
             for camera in self.cameras.values():
                 if camera.depth is not None:
@@ -408,6 +421,7 @@ class RoundJob:
                 self.settings.max_pixels,
                 camera.depth,
                 camera.camera_info,
+                temporal=self.temporal.get(camera.key),
             )
             for camera, frame in round_
         ]

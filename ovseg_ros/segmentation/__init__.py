@@ -18,6 +18,7 @@ from .weights import WeightsNotFoundError
 # The models' side imports torch (seconds): loaded on first use, so that reading the config
 # or a vocabulary (the tools' argument parsing, the demo) does not.
 _LAZY = {
+    "ScoredBatch": ".scored",
     "SegmentationResult": ".result",
     "Segmenter": ".segmenter",
     "build_segmenter": ".segmenter",
@@ -41,6 +42,7 @@ __all__ = [
     "DATASETS",
     "METHODS",
     "PreparedVocabulary",
+    "ScoredBatch",
     "SegmentationResult",
     "Segmenter",
     "SegmenterConfig",

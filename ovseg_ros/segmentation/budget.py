@@ -17,12 +17,15 @@ at once (float32, the ViT-B/16 sizes of the full preset; the tiny preset is smal
   average (2 copies; later steps work on class chunks or a pooled grid);
 - ``patch graph`` (LPOSS): the dense ``N T x N T`` similarity behind the exact kNN;
 - ``pixel graph`` (LPOSS+ / ``pixel_refine``): ``2 r (r + 1)`` weight planes ``[h, w]`` and
-  the conjugate-gradient vectors ``[Q, h, w]`` of its solve (5 copies).
+  the conjugate-gradient vectors ``[Q, h, w]`` of its solve (5 copies);
+- stages after the engine that hold more ``[Q, h, w]`` maps (temporal fusion): named by the
+  caller with their number of copies (``extra_maps``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .config import SegmenterConfig
@@ -78,9 +81,16 @@ def largest_processing_size(config: SegmenterConfig, max_input_pixels: int) -> t
     return rescaled_size(short, config.max_long_side, config.short_side, config.max_long_side)
 
 
-def frame_cost(config: SegmenterConfig, height: int, width: int, queries: int) -> FrameCost:
+def frame_cost(
+    config: SegmenterConfig,
+    height: int,
+    width: int,
+    queries: int,
+    extra_maps: Mapping[str, int] | None = None,
+) -> FrameCost:
     """The working-memory estimate of one ``height x width`` frame (already at the processing
-    size) with ``queries`` text queries (vocabulary names and synonyms)."""
+    size) with ``queries`` text queries (vocabulary names and synonyms); ``extra_maps``: term
+    name -> ``[Q, h, w]`` float maps a later stage holds (e.g. temporal fusion)."""
     config = config.resolved()
     spec = method_spec(config.method)
     if config.whole_image:
@@ -104,22 +114,30 @@ def frame_cost(config: SegmenterConfig, height: int, width: int, queries: int) -
     if config.pixel_refine:
         r = config.pixel_radius
         terms["pixel graph"] = (2 * r * (r + 1) + CG_VECTORS * max(queries, 1)) * pixels * FLOAT
+    for name, copies in (extra_maps or {}).items():
+        terms[name] = copies * max(queries, 1) * pixels * FLOAT
     return FrameCost((height, width), n, terms)
 
 
 def check_frame_memory(
-    config: SegmenterConfig, max_input_pixels: int, queries: int, budget_mb: float
+    config: SegmenterConfig,
+    max_input_pixels: int,
+    queries: int,
+    budget_mb: float,
+    extra_maps: Mapping[str, int] | None = None,
 ) -> FrameCost:
-    """The cost of the largest frame; ``ValueError`` saying which term exceeds the budget
-    and which knobs drive it when the estimate is above ``budget_mb``."""
+    """The cost of the largest frame (``extra_maps`` as in :func:`frame_cost`); ``ValueError``
+    saying which term exceeds the budget and which knobs drive it when the estimate is above
+    ``budget_mb``."""
     height, width = largest_processing_size(config, max_input_pixels)
-    cost = frame_cost(config, height, width, queries)
+    cost = frame_cost(config, height, width, queries, extra_maps)
     if cost.total > budget_mb * 2**20:
         name = cost.largest
         raise ValueError(
             f"the largest frame ({height}x{width} at the processing size, {cost.windows} "
             f"windows, {queries} text queries) would need about {cost.total / 2**20:.0f} MiB, "
             f"over max_frame_memory_mb {budget_mb:g}; most of it is {name} "
-            f"({cost.terms[name] / 2**20:.0f} MiB): change {DRIVERS[name]}"
+            f"({cost.terms[name] / 2**20:.0f} MiB): change "
+            f"{DRIVERS.get(name, 'the vocabulary size / short_side / max_long_side')}"
         )
     return cost

@@ -159,15 +159,17 @@ def reduce_upsampled(
     """``reduce_scores(upsample(scores, size), ...)``'s labels and confidence, never holding
     the ``C x H x W`` upsampled scores or probabilities.
 
-    Classes go through in chunks of about ``chunk_elements`` values: each chunk is upsampled
-    (bilinear, bit-identical to upsampling all classes at once) and folded into running
-    per-pixel maps, in two passes: (1) the max score ``m`` and the first entry reaching it;
-    (2) with ``v = logit_scale * score - logit_scale * m`` (as the softmax computes it),
+    Classes go through in chunks of about ``chunk_elements`` values, once: each chunk is
+    upsampled (bilinear, bit-identical to upsampling all classes at once) and folded into
+    running per-pixel maps: the max score ``m`` so far and the first entry reaching it, and,
+    with ``v = logit_scale * score - logit_scale * m`` (as the softmax computes it),
     ``Z = sum_q exp(v_q)`` (the softmax normaliser) and ``S = sum_e exp(v_e)`` over entries
-    (``v_e``: max over the entry's synonyms). Then, as in ``reduce_scores``, the best entry's
-    probability is ``1 / Z`` (checked against ``prob_threshold``) and the label's after
-    renormalisation ``exp(v_label) / S``. Peak
-    memory: one chunk plus about six ``[H, W]`` maps.
+    (``v_e``: max over the entry's synonyms), rescaled by ``exp(logit_scale * (m_old - m))``
+    when a chunk raises ``m`` (online softmax: with one chunk, the usual case, exactly the
+    softmax's operations; with several, each class is upsampled once instead of twice, within
+    ~1e-7). Then, as in ``reduce_scores``, the best entry's probability is ``1 / Z`` (checked
+    against ``prob_threshold``) and the label's after renormalisation ``exp(v_label) / S``.
+    Peak memory: one chunk plus about seven ``[H, W]`` maps.
 
     Args:
         scores: ``[Q, h, w]`` per-query scores at any resolution.
@@ -183,23 +185,21 @@ def reduce_upsampled(
         where two entries' probabilities tie to the last bit), confidence to ~1e-7.
     """
     ranges = _chunks(offsets, size[0] * size[1], chunk_elements)
-    # One chunk (the usual case): pass 2 reuses pass 1's upsampled scores instead of
-    # upsampling again, the costliest step at large output sizes.
-    kept = None
-    # Pass 1 compares raw scores: x -> logit_scale * x is monotone, so the max and the first
+    # The max compares raw scores: x -> logit_scale * x is monotone, so the max and the first
     # entry reaching it are those of the logits.
-    best_score = labels = first_score = None
+    best_score = labels = first_score = max_logit = norm = softmax_norm = None
     for first, last in ranges:
         entries, queries = _entry_scores(scores, offsets, first, last, size, query_to_entry)
-        if len(ranges) == 1:
-            kept = (entries, queries)
         if last - first == 1:
             best, index = entries[0], None
         else:
             best, index = entries.max(dim=0)  # first maximum on ties, as reduce_scores
+        if first == 0 and prob_threshold > 0 and unlabeled_id is None:
+            first_score = entries[0].clone()  # the background entry's score
         if best_score is None:
             best_score = best.clone()
             labels = (index if index is not None else torch.zeros_like(best)).to(torch.int32)
+            rescale = None
         else:
             better = best > best_score  # strict: an earlier entry wins a tie
             if index is None:
@@ -207,24 +207,19 @@ def reduce_upsampled(
             else:
                 labels = torch.where(better, index.to(torch.int32) + first, labels)
             best_score = torch.maximum(best_score, best, out=best_score)
-        if first == 0 and prob_threshold > 0 and unlabeled_id is None:
-            first_score = entries[0].clone()  # the background entry's score
-        del entries, queries, best, index
-    # Rounding is monotone, so this is bit for bit the max of logit_scale * score.
-    max_logit = best_score.mul_(logit_scale)
-    norm = torch.zeros_like(max_logit)
-    softmax_norm = torch.zeros_like(max_logit) if prob_threshold > 0 else None
-    for first, last in ranges:  # pass 2: normalisers
-        if kept is not None:
-            (entries, queries), kept = kept, None
-        else:
-            entries, queries = _entry_scores(scores, offsets, first, last, size, query_to_entry)
-        if softmax_norm is not None:
+        # Rounding is monotone, so this is bit for bit the max of logit_scale * score so far.
+        new_max = best_score * logit_scale
+        if max_logit is not None:
+            rescale = max_logit.sub_(new_max).exp_()  # exp(old max - new max) <= 1
+        max_logit = new_max
+        if prob_threshold > 0:
             if queries is entries:
                 queries = queries.clone()
-            softmax_norm += _exp_shifted(queries, logit_scale, max_logit).sum(dim=0)
-        norm += _exp_shifted(entries, logit_scale, max_logit).sum(dim=0)
-        del entries, queries
+            part = _exp_shifted(queries, logit_scale, max_logit).sum(dim=0)
+            softmax_norm = part if softmax_norm is None else softmax_norm.mul_(rescale).add_(part)
+        part = _exp_shifted(entries, logit_scale, max_logit).sum(dim=0)
+        norm = part if norm is None else norm.mul_(rescale).add_(part)
+        del entries, queries, best, index, part
     if softmax_norm is None:
         confidence = norm.reciprocal()
     elif unlabeled_id is not None:
@@ -257,3 +252,32 @@ def entry_probability(
     # Upsampled alone, the entry's scores may differ from the chunk's by rounding (LPOSS's
     # propagated scores reach ~20, times logit_scale 40): never a probability above 1.
     return _exp_shifted(entries[0], logit_scale, maps.max_logit).div_(maps.norm).clamp_(max=1.0)
+
+
+# --- scores <-> distributions over queries (stages between scoring and reduction) --------------
+
+
+def query_probabilities(scores: torch.Tensor, logit_scale: float = 40.0) -> torch.Tensor:
+    """``[Q, h, w]`` scores -> ``[Q, h, w]`` float32 ``softmax(logit_scale * scores)`` over
+    queries: the distribution the reduction (``reduce_scores``, ``reduce_upsampled``) reads,
+    NaN / inf cleaned as there."""
+    scores = torch.nan_to_num(scores.float(), nan=0.0, posinf=1e4, neginf=-1e4)
+    return torch.softmax(scores.mul_(logit_scale), dim=0)
+
+
+def scores_from_probabilities(
+    probabilities: torch.Tensor, logit_scale: float = 40.0
+) -> torch.Tensor:
+    """``[Q, h, w]`` distributions over queries (each pixel sums to 1) -> ``[Q, h, w]`` scores
+    that the reduction turns back into them.
+
+    ``log(p) / logit_scale``: the softmax over queries of ``logit_scale`` times it is ``p``
+    again, the synonym reduction, ``prob_threshold`` and the unlabeled value then apply
+    unchanged. The log differs from the original scores by a per-pixel constant, which the
+    softmax ignores, also after bilinear upsampling (a per-pixel weighted sum of constants is
+    a constant per output pixel): for ``p = softmax(logit_scale * s)`` the labels and
+    confidence at the image size equal those of ``s`` to float rounding. Probabilities below
+    the float32 ``tiny`` (about 1e-38) are clamped to it.
+    """
+    tiny = torch.finfo(torch.float32).tiny
+    return probabilities.float().clamp_min(tiny).log_().div_(logit_scale)

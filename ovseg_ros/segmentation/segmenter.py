@@ -34,6 +34,7 @@ from .geometry import (
 from .methods import method_spec
 from .postprocess import entry_offsets, reduce_upsampled
 from .result import SegmentationResult, host_maps
+from .scored import ScoredBatch
 from .sync import StageTimer
 from .text_cache import EncodingCancelled, TextEmbeddingCache, default_cache_dir
 from .vocabulary import Vocabulary, build_vocabulary, unlabeled_id
@@ -218,11 +219,11 @@ class Segmenter:
         ``timed``, ``unlabeled``: see ``segment_batch``."""
         return self.segment_batch([rgb], timed=timed, unlabeled=unlabeled)[0]
 
-    @torch.inference_mode()
     def segment_batch(
         self, images: Sequence[np.ndarray], *, timed: bool = False, unlabeled: bool = False
     ) -> list[SegmentationResult]:
-        """Segment several ``uint8 [H_i, W_i, 3]`` RGB frames (sizes may differ) together.
+        """Segment several ``uint8 [H_i, W_i, 3]`` RGB frames (sizes may differ) together:
+        ``finish_batch(score_batch(images))``.
 
         The windows of all frames go through the backbone together (up to ``max_windows``
         per forward pass); LPOSS's graph solve and TLP's solve run batched over frames of the
@@ -242,6 +243,14 @@ class Segmenter:
         :func:`~.vocabulary.unlabeled_id` instead (255, or 65535 above 254 entries: a robot's
         entry 0 is a class like any other) and the best class's probability as confidence.
         """
+        return self.finish_batch(self.score_batch(images, timed=timed), unlabeled=unlabeled)
+
+    @torch.inference_mode()
+    def score_batch(self, images: Sequence[np.ndarray], *, timed: bool = False) -> ScoredBatch:
+        """The first half of ``segment_batch``: every frame's per-query scores ``[Q, h, w]`` at
+        its processing resolution (after the method's refiners), on the device, with the
+        vocabulary and settings they were made with (:class:`~.scored.ScoredBatch`). Nothing
+        waits for the device. Bad frames raise ``ValueError`` as in ``segment_batch``."""
         self._require_models()
         state = self._state
         if state is None:
@@ -251,11 +260,11 @@ class Segmenter:
                 _check_image(rgb)
             except ValueError as exc:
                 raise ValueError(f"frame {index}: {exc}" if len(images) > 1 else str(exc)) from None
-        if not images:
-            return []
         timer = StageTimer(self.device, timed=timed)
         cfg = self.config
         sizes = [tuple(rgb.shape[:2]) for rgb in images]
+        if not images:
+            return ScoredBatch([], [], state, cfg.logit_scale, cfg.prob_threshold, timer)
         frames = [self._preprocess(cfg, rgb) for rgb in images]  # [1, 3, h, w] in [0, 1]
         timer.lap("preprocess")
 
@@ -286,19 +295,31 @@ class Segmenter:
                 normalized, scores, sizes, state.text, grid=cfg.tlp_grid, iters=cfg.tlp_iters
             )
             timer.lap("tlp")
+        scores = [score[0] for score in scores]
+        return ScoredBatch(scores, sizes, state, cfg.logit_scale, cfg.prob_threshold, timer)
 
+    @torch.inference_mode()
+    def finish_batch(
+        self, batch: ScoredBatch, *, unlabeled: bool = False
+    ) -> list[SegmentationResult]:
+        """The second half of ``segment_batch``: each frame's scores reduced to labels and
+        confidence at its image size, all copied to the host with one wait for the device.
+        ``unlabeled``: as in ``segment_batch``."""
+        if not batch.scores:
+            return []
+        state, timer = batch.state, batch.timer
         unlabeled_value = unlabeled_id(len(state.vocabulary)) if unlabeled else None
         maps = [
             reduce_upsampled(
-                score[0],
+                score,
                 size,
                 state.offsets,
-                logit_scale=cfg.logit_scale,
-                prob_threshold=cfg.prob_threshold,
+                logit_scale=batch.logit_scale,
+                prob_threshold=batch.prob_threshold,
                 query_to_entry=state.query_to_entry,
                 unlabeled_id=unlabeled_value,
             )
-            for score, size in zip(scores, sizes, strict=True)
+            for score, size in zip(batch.scores, batch.sizes, strict=True)
         ]
         timer.lap("postprocess")
         maps = host_maps(maps, len(state.vocabulary))  # the call's one wait for the device
@@ -306,16 +327,16 @@ class Segmenter:
         return [
             SegmentationResult(
                 frame_maps,
-                score[0],
+                score,
                 state.vocabulary,
                 dict(timings),
                 offsets=state.offsets,
                 query_to_entry=state.query_to_entry,
-                logit_scale=cfg.logit_scale,
-                prob_threshold=cfg.prob_threshold,
+                logit_scale=batch.logit_scale,
+                prob_threshold=batch.prob_threshold,
                 unlabeled_id=unlabeled_value,
             )
-            for frame_maps, score in zip(maps, scores, strict=True)
+            for frame_maps, score in zip(maps, batch.scores, strict=True)
         ]
 
     def warmup(self, height: int = 480, width: int = 640) -> float:

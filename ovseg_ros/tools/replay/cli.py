@@ -16,6 +16,10 @@ carries its input frame's header and is written at the input message's bag times
 or Foxglove next to the camera. With several image topics, each topic's outputs go under
 ``<namespace>/<image topic>``.
 
+With ``--temporal-alpha`` (or the params file's ``temporal_alpha``) each image topic's class
+probabilities are fused across its frames, in order, as the node does per camera
+(:mod:`ovseg_ros.temporal`).
+
 Unlike the node, no frame is dropped. A frame that cannot be decoded is reported and skipped.
 The output is written under ``<parent>/.partial/<name>`` and moved to its name only when
 complete, so nothing under the output's name is ever unfinished: Ctrl-C leaves the frames
@@ -202,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: the params file's max_image_pixels, else {MAX_IMAGE_PIXELS}, 8K)",
     )
     _add_depth_arguments(parser)
+    _add_temporal_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_many_arguments(parser)
     return parser
@@ -237,6 +242,25 @@ def _add_depth_arguments(parser: argparse.ArgumentParser) -> None:
     add("--objects-classes", nargs="*", help="only objects of these classes (default: all)")
     add("--objects-min-points", type=int, help="fewer pixels: no object (default 50)")
     add("--objects-depth-gap", type=float, help="metres between neighbours (default 0.15)")
+
+
+def _add_temporal_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "stable labels over time (docs/temporal.md)",
+        "fuse each image topic's class probabilities with its previous frame's, warped by "
+        "optical flow, in stamp order (as the node with temporal_alpha); defaults: the params "
+        "file's values",
+    )
+    add = group.add_argument
+    add("--temporal-alpha", type=float, help="weight of the past, in [0, 0.95] (default 0: off)")
+    add("--temporal-reset-s", type=float, help="a longer stamp gap restarts fusion (default 0.5)")
+    add(
+        "--temporal-warmup",
+        type=int,
+        metavar="N",
+        help="with --ray: frames fused before each window (default: enough to match a single "
+        "run to 1e-6 at the alpha, 28 at 0.6)",
+    )
 
 
 def _add_many_arguments(parser: argparse.ArgumentParser) -> None:

@@ -31,6 +31,7 @@ from ovseg_ros.outputs import (
 )
 from ovseg_ros.pipeline import FrameInput, OutputPlan, complete_objects, process_frame
 from ovseg_ros.stamps import stamp_ns, stamp_text
+from ovseg_ros.temporal import TemporalFusion
 from ovseg_ros.tools.replay.bag_io import (
     LATCHED_QOS,
     RELIABLE_QOS,
@@ -130,18 +131,23 @@ def replay_stream(
     segmenter: Any,
     *,
     log: Callable[[str], None] | None = None,
+    warm_until: int | None = None,
 ) -> ReplayStats:
     """The pass of :func:`run_replay` from an open reader into an open writer (neither closed).
 
     For callers that choose what is read and where it goes: the fleet mode
     (:mod:`ovseg_ros.tools.replay.ranges`) passes a reader limited to one time window of the
-    bag and a writer that collects the serialised messages in memory. Raises
-    :class:`ReplayError` for bad input; other errors propagate unchanged.
+    bag and a writer that collects the serialised messages in memory. ``warm_until``: image
+    frames before this bag time only feed the temporal fusion state (a window's warm-up),
+    other messages before it are ignored. Raises :class:`ReplayError` for bad input; other
+    errors propagate unchanged.
     """
     stats = _start(reader, options, segmenter)
     started = time.perf_counter()
     try:
-        _replay_messages(reader, writer, segmenter, options, stats, None, log or stderr_log)
+        _replay_messages(
+            reader, writer, segmenter, options, stats, None, log or stderr_log, warm_until
+        )
     finally:
         stats.elapsed_s = time.perf_counter() - started
     return stats
@@ -164,8 +170,10 @@ def _replay_messages(
     stats: ReplayStats,
     on_frame: Callable[[ReplayStats], None] | None,
     log: Callable[[str], None],
+    warm_until: int | None = None,
 ) -> None:
-    """One pass over the input in time order: copy messages, segment image frames."""
+    """One pass over the input in time order: copy messages, segment image frames (those
+    before ``warm_until`` only warm the temporal fusion up, see :func:`replay_stream`)."""
     out = OutputBag(writer, new_typestore(), stats)
     output_plan = OutputPlan(
         class_topics=output_class_topics(segmenter.vocabulary, options),
@@ -190,6 +198,11 @@ def _replay_messages(
             on_frame(stats)
 
     for connection, timestamp, raw in reader.messages(connections=wanted):
+        if warm_until is not None and timestamp < warm_until:
+            group = groups.get(connection.topic)
+            if group is not None and group.temporal is not None:
+                processor.warm(group, raw, connection.msgtype)
+            continue
         copy = copies.get(connection.id)
         if copy is not None:
             out.write_raw(copy, timestamp, raw)
@@ -236,6 +249,7 @@ class OutputGroup:
     connections: dict[str, Any]
     label_info: Any = None  # vision_msgs/msg/LabelInfo, beside the vocabulary
     vocabulary_written: bool = False
+    temporal: TemporalFusion | None = None  # with --temporal-alpha: this camera's fusion
     points: PointsWriter | None = None  # with --depth-topic
 
 
@@ -314,6 +328,7 @@ def add_groups(
                 if options.depth is not None
                 else None
             ),
+            temporal=TemporalFusion(options.temporal) if options.temporal.enabled else None,
         )
     return groups
 
@@ -384,7 +399,14 @@ class FrameProcessor:
             frame = process_frame(
                 self.segmenter,
                 FrameInput(
-                    msg, group.compressed, self.plan, None, self.max_pixels, depth, camera_info
+                    msg,
+                    group.compressed,
+                    self.plan,
+                    None,
+                    self.max_pixels,
+                    depth,
+                    camera_info,
+                    temporal=group.temporal,
                 ),
             )
         except ImageConversionError as exc:
@@ -403,6 +425,22 @@ class FrameProcessor:
         for warning in frame.warnings:
             self.log(f"{group.image_topic} at {stamp_text(stamp_ns(msg.header.stamp))}: {warning}")
         self.stats.frames_out += 1
+
+    def warm(self, group: OutputGroup, raw: bytes | memoryview, msgtype: str) -> None:
+        """A frame before a fleet window: segmented only to bring the group's temporal fusion
+        state where a single run has it; nothing is written or counted. A frame a single run
+        skips (corrupt, undecodable, refused) leaves the state as it was, as there."""
+        try:
+            msg = self.out.typestore.deserialize_cdr(raw, msgtype)
+        except Exception:  # skipped in the single run too
+            return
+        frame = FrameInput(
+            msg, group.compressed, wanted=(), max_pixels=self.max_pixels, temporal=group.temporal
+        )  # only the labels are made
+        try:
+            process_frame(self.segmenter, frame)
+        except (ImageConversionError, ValueError):
+            return
 
     def _skip(
         self, reason: str, group: OutputGroup, timestamp: int, header: Any, detail: str

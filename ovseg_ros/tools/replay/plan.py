@@ -22,6 +22,7 @@ from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS
 from ovseg_ros.outputs import is_name_token
 from ovseg_ros.pipeline import per_class_topics
 from ovseg_ros.points_stage import PointsSettings
+from ovseg_ros.temporal import TemporalSettings
 from ovseg_ros.tools.cli import UsageError
 from ovseg_ros.tools.replay.bag_io import (
     STORAGES,
@@ -87,6 +88,10 @@ class ReplayOptions:
     limit: int | None = None  # segment at most this many frames
     depth: DepthOptions | None = None  # --depth-topic: also write points and camera_info
     max_image_pixels: int | None = MAX_IMAGE_PIXELS  # larger frames are skipped (None: no limit)
+    temporal: TemporalSettings = TemporalSettings()  # --temporal-alpha: fusion per image topic
+    # Fleet windows: frames of each image topic fused, unwritten, before the window starts
+    # (None: temporal.warmup_frames of the alpha, which converges to a single run's state).
+    temporal_warmup: int | None = None
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from ovseg_ros.tools.replay.plan import (
     ReplayStats,
     open_input,
 )
+from ovseg_ros.tools.replay.warmup import warmup_start
 
 
 @dataclass(frozen=True)
@@ -78,15 +79,17 @@ def split_ranges(
 
 
 class _WindowReader:
-    """A rosbags reader seen through a time window: same connections, fewer messages."""
+    """A rosbags reader seen through a time window: same connections, fewer messages (from
+    ``warm_from`` on when given: the temporal fusion warm-up before the window)."""
 
-    def __init__(self, reader: Any, frame_range: FrameRange) -> None:
+    def __init__(self, reader: Any, frame_range: FrameRange, warm_from: int | None = None) -> None:
         self._reader, self._range = reader, frame_range
+        self._start = frame_range.start if warm_from is None else warm_from
         self.connections = reader.connections
 
     def messages(self, connections: Sequence[Any] = ()) -> Iterator[tuple[Any, int, Any]]:
         return self._reader.messages(
-            connections=connections, start=self._range.start, stop=self._range.stop
+            connections=connections, start=self._start, stop=self._range.stop
         )
 
 
@@ -170,8 +173,15 @@ def label_range(options: ReplayOptions, segmenter: Any, frame_range: FrameRange)
         window_options = dataclasses.replace(
             options, output=Path(f"{options.output}.window{frame_range.index}"), overwrite=True
         )
+        # With temporal fusion the window first fuses the frames before it, unwritten.
+        warm_from = warmup_start(reader, options, frame_range.start)
         stats = replay_stream(
-            _WindowReader(reader, frame_range), writer, window_options, segmenter, log=_quiet
+            _WindowReader(reader, frame_range, warm_from),
+            writer,
+            window_options,
+            segmenter,
+            log=_quiet,
+            warm_until=frame_range.start if warm_from is not None else None,
         )
     finally:
         reader.close()

@@ -15,6 +15,7 @@ from typing import Any
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS
 from ovseg_ros.pipeline import string_list
 from ovseg_ros.points_stage import PointsSettings
+from ovseg_ros.temporal import DEFAULT_RESET_S, MAX_WARMUP, TemporalSettings, opencv_problem
 from ovseg_ros.tools.cli import read_params
 from ovseg_ros.tools.replay.plan import (
     DepthOptions,
@@ -107,6 +108,8 @@ def _options(
         overlay_alpha=alpha,
         depth=depth_options(args, params),
         max_image_pixels=_max_image_pixels(args, params),
+        temporal=temporal_settings(args, params),
+        temporal_warmup=args.temporal_warmup,
     )
 
 
@@ -135,6 +138,28 @@ def _max_image_pixels(args: argparse.Namespace, params: dict[str, Any]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ReplayError(f"params file: max_image_pixels must be an integer >= 1, got {value!r}")
     return value
+
+
+def temporal_settings(args: argparse.Namespace, params: dict[str, Any]) -> TemporalSettings:
+    """``--temporal-alpha`` / ``--temporal-reset-s`` over the params file's
+    ``temporal_alpha`` / ``temporal_reset_s``, checked (fusion on needs OpenCV)."""
+    alpha = args.temporal_alpha
+    if alpha is None:
+        alpha = params.get("temporal_alpha", 0.0)
+    reset_s = args.temporal_reset_s
+    if reset_s is None:
+        reset_s = params.get("temporal_reset_s", DEFAULT_RESET_S)
+    try:
+        settings = TemporalSettings(float(alpha), float(reset_s))
+    except (TypeError, ValueError) as exc:
+        raise ReplayError(f"temporal fusion: {exc}") from None
+    problem = opencv_problem() if settings.enabled else ""
+    if problem:
+        raise ReplayError(problem)
+    warmup = args.temporal_warmup
+    if warmup is not None and not 0 <= warmup <= MAX_WARMUP:
+        raise ReplayError(f"--temporal-warmup must be in [0, {MAX_WARMUP}], got {warmup}")
+    return settings
 
 
 def depth_options(args: argparse.Namespace, params: dict[str, Any]) -> DepthOptions | None:
