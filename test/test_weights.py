@@ -46,14 +46,21 @@ def test_sources_name_the_hub_files():
     ]
 
 
-@pytest.mark.slow
-def test_lposs_builds_from_the_hub_cache_with_the_openai_fallback(tmp_path, caplog):
-    """Real-size random weights saved in the hub cache layout load through the real path."""
+@pytest.fixture(scope="module")
+def real_clip():
+    """A real-size CLIP ViT-B/16 with random weights (made once: seconds of init each)."""
     import open_clip
-    import timm
 
     torch.manual_seed(0)
-    clip = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)
+    return open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)
+
+
+@pytest.mark.slow
+def test_lposs_builds_from_the_hub_cache_with_the_openai_fallback(tmp_path, caplog, real_clip):
+    """Real-size random weights saved in the hub cache layout load through the real path."""
+    import timm
+
+    clip = real_clip
     dino = timm.create_model("vit_base_patch16_224.dino", pretrained=False, num_classes=0)
     put_in_hub_cache(
         tmp_path,
@@ -139,7 +146,7 @@ def _build_error(config) -> str:
 
 
 @pytest.mark.slow
-def test_unusable_weights_files_give_one_line_naming_the_file(tmp_path):
+def test_unusable_weights_files_give_one_line_naming_the_file(tmp_path, real_clip):
     base = SegmenterConfig(method="pearl", device="cpu", clip_pretrained="openai")
     evil = evil_pickle(tmp_path / "evil.pt")
     message = _build_error(base.replace(clip_weights=str(evil)))
@@ -157,10 +164,7 @@ def test_unusable_weights_files_give_one_line_naming_the_file(tmp_path):
     wrong = tmp_path / "dino.safetensors"
     save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(wrong))
     clip = tmp_path / "clip_ok.safetensors"
-    import open_clip
-
-    model = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(clip))
+    save_file({k: v.contiguous() for k, v in real_clip.state_dict().items()}, str(clip))
     lposs = SegmenterConfig(
         method="lposs", device="cpu", clip_pretrained="openai", clip_weights=str(clip)
     )
