@@ -16,6 +16,7 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -209,9 +210,11 @@ class ObjectsOutput:
         """No objects (the marker array only clears the previous ones)."""
         return cls(Objects.empty(), (), (), frame_id)
 
+    @cached_property
     def records(self) -> list[dict[str, Any]]:
         """Per object ``{"id", "class_id", "name", "score", "pixels", "box_2d", "centroid",
-        "box_center", "box_size"}`` (plain Python values): what the messages are made of."""
+        "box_center", "box_size"}`` (plain Python values): what the messages are made of (made
+        once: the markers and the detections of a frame share them)."""
         o = self.objects
         rows = zip(
             o.class_ids.tolist(),
@@ -246,7 +249,7 @@ class ObjectsOutput:
         name, ``id`` the object's index) and a ``TEXT_VIEW_FACING`` "name 0.83" just above the
         box (optical frame: -y is up; ``ns`` "<class>/text", the same ``id``)."""
         specs = [MarkerSpec(ns="", id=0, type=MARKER_CUBE, action=MARKER_DELETEALL)]
-        for index, (record, color) in enumerate(zip(self.records(), self.colors, strict=True)):
+        for index, (record, color) in enumerate(zip(self.records, self.colors, strict=True)):
             x, y, z = record["box_center"]
             size = tuple(max(v, MIN_MARKER_SIZE) for v in record["box_size"])
             rgba = (color[0] / 255.0, color[1] / 255.0, color[2] / 255.0, MARKER_ALPHA)
@@ -275,7 +278,7 @@ class ObjectsOutput:
                 tuple(r["box_center"]),
                 tuple(r["box_size"]),
             )  # fmt: skip
-            for r in self.records()
+            for r in self.records
         ]
 
 

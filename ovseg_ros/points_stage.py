@@ -84,13 +84,10 @@ class ObjectsSettings:
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> ObjectsSettings:
         """From parameter values (names as the node's parameters); checked by the caller."""
-        points = values.get("objects_min_points", 50)
-        if isinstance(points, float) and points.is_integer():
-            points = int(points)  # a params file may say 50.0
         return cls(
             enabled=bool(values.get("objects", False)),
             classes=_names(values.get("objects_classes"), "objects_classes"),
-            min_points=points,
+            min_points=_integer(values.get("objects_min_points", 50)),
             depth_gap=float(values.get("objects_depth_gap", 0.15)),
         )
 
@@ -121,11 +118,8 @@ class PointsSettings:
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> PointsSettings:
         """From parameter values (names as the node's parameters, the objects' too); checked."""
-        stride = values.get("points_stride", 1)
-        if isinstance(stride, float) and stride.is_integer():
-            stride = int(stride)  # a params file may say 2.0
         settings = cls(
-            stride=stride,
+            stride=_integer(values.get("points_stride", 1)),
             organized=bool(values.get("points_organized", False)),
             depth_min=float(values.get("depth_min", 0.1)),
             depth_max=float(values.get("depth_max", 10.0)),
@@ -135,6 +129,12 @@ class PointsSettings:
         settings.options()
         settings.objects.options(settings.depth_min, settings.depth_max)
         return settings
+
+
+def _integer(value: Any) -> Any:
+    """A whole float as an int (a params file may say 2.0); anything else as it is, for the
+    options' checks to refuse."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _names(value: Any, name: str) -> tuple[str, ...]:

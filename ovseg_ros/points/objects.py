@@ -39,7 +39,7 @@ from scipy.sparse.csgraph import connected_components
 from ovseg_ros.points.camera import CameraModel, ray_table
 from ovseg_ros.points.depth import DepthImage
 from ovseg_ros.points.errors import PointsError
-from ovseg_ros.points.project import source_index
+from ovseg_ros.points.project import check_depth_range, source_index
 
 # Points per frame that the objects' medians and percentiles are computed from (see the module
 # doc): an object gets a share of them in proportion to its size, and at least
@@ -74,12 +74,7 @@ class ObjectsOptions:
             raise PointsError(
                 f"objects_depth_gap must be in (0, {MAX_DEPTH_GAP:g}] metres, got {self.depth_gap}"
             )
-        lo, hi = float(self.depth_min), float(self.depth_max)
-        if not (np.isfinite(lo) and np.isfinite(hi) and 0.0 <= lo < hi):
-            raise PointsError(
-                "need 0 <= depth_min < depth_max (finite metres), got"
-                f" {self.depth_min}, {self.depth_max}"
-            )
+        check_depth_range(self.depth_min, self.depth_max)
         if self.classes is not None:
             object.__setattr__(self, "classes", frozenset(int(c) for c in self.classes))
 

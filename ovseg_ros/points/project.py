@@ -43,17 +43,22 @@ class PointsOptions:
     def __post_init__(self) -> None:
         if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
             raise PointsError(f"points_stride must be an integer >= 1, got {self.stride!r}")
-        lo, hi = float(self.depth_min), float(self.depth_max)
-        if not (np.isfinite(lo) and np.isfinite(hi) and 0.0 <= lo < hi):
-            raise PointsError(
-                "need 0 <= depth_min < depth_max (finite metres), got"
-                f" {self.depth_min}, {self.depth_max}"
-            )
+        check_depth_range(self.depth_min, self.depth_max)
         if self.classes is not None:
             ids = frozenset(int(c) for c in self.classes)
             if any(c < 0 or c > 65535 for c in ids):
                 raise PointsError(f"point class ids must be in 0..65535, got {sorted(ids)}")
             object.__setattr__(self, "classes", ids)
+
+
+def check_depth_range(depth_min: float, depth_max: float) -> None:
+    """:class:`PointsError` unless ``0 <= depth_min < depth_max`` in finite metres (the
+    range the cloud and the objects keep)."""
+    lo, hi = float(depth_min), float(depth_max)
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0.0 <= lo < hi):
+        raise PointsError(
+            f"need 0 <= depth_min < depth_max (finite metres), got {depth_min}, {depth_max}"
+        )
 
 
 def resize_indices(source: int, target: int, stride: int = 1) -> np.ndarray:

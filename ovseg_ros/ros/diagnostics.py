@@ -173,27 +173,26 @@ def points_status(
     def since(key: str) -> int:
         return now.get(key, 0) - previous.get(key, 0)
 
-    parts, level, values = [], DiagnosticStatus.OK, dict(now)
-    for what in ("clouds", "objects"):
+    def skipped(what: str) -> str:
+        """``"N <what> skipped (mostly <reason>), "`` for skips since the previous status."""
         prefix = f"{what}_skipped_"
-        skipped = {k.removeprefix(prefix): since(k) for k in now if k.startswith(prefix)}
-        worst = max(skipped, key=lambda k: skipped[k], default="")
-        made = since("clouds_published" if what == "clouds" else "objects_frames")
-        if active and worst and skipped[worst] > 0:
-            level = DiagnosticStatus.WARN
-            parts.append(
-                f"{sum(skipped.values())} {what} frames skipped (mostly {worst}), {made} made"
-                if what == "objects"
-                else f"{sum(skipped.values())} clouds skipped (mostly {worst}), {made} published"
-            )
-        elif what == "clouds" or made:
-            parts.append(f"{made} {what if what == 'clouds' else 'frames of objects'}")
-    frames = since("objects_frames")
+        counts = {k.removeprefix(prefix): since(k) for k in now if k.startswith(prefix)}
+        worst = max(counts, key=lambda k: counts[k], default="")
+        if not (active and worst and counts[worst] > 0):
+            return ""
+        return f"{sum(counts.values())} {what} skipped (mostly {worst}), "
+
+    clouds, objects, frames = skipped("clouds"), skipped("objects"), since("objects_frames")
+    parts = [f"{clouds}{since('clouds_published')} clouds published"]
+    values = dict(now)
+    if objects or frames:
+        parts.append(f"{objects}{frames} frames of objects")
     if frames:
         per_frame = since("objects_found") / frames
         ms = since("objects_time_us") / frames / 1000.0
         parts[-1] += f" ({per_frame:.1f} objects in {ms:.1f} ms per frame)"
         values.update(objects_per_frame=f"{per_frame:.2f}", objects_ms_per_frame=f"{ms:.2f}")
+    level = DiagnosticStatus.WARN if clouds or objects else DiagnosticStatus.OK
     return DiagnosticStatus(
         level=level,
         name=name,

@@ -9,8 +9,10 @@ the image subscription is overridable the standard rclpy way
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from rcl_interfaces.msg import (
     FloatingPointRange,
@@ -45,6 +47,8 @@ from ovseg_ros.temporal import (
     TemporalSettings,
     opencv_problem,
 )
+
+T = TypeVar("T")
 
 DEFAULT_CLASSES = [
     "background; floor; wall; ceiling; sky",
@@ -644,17 +648,15 @@ def check_points_change(
 
     ``(accepted, new settings)``; settings None when the request changes none of them.
     """
-    changed = {p.name: p.value for p in parameters if p.name in POINTS_PARAMETERS}
-    if not changed:
-        return SetParametersResult(successful=True), None
-    try:
-        settings = points_settings(node, changed)
-        if settings.objects.enabled and not value(node, "objects"):  # the topics are new
+
+    def settings(changed: dict[str, Any]) -> PointsSettings:
+        new = points_settings(node, changed)
+        if new.objects.enabled and not value(node, "objects"):  # the topics are new
             cameras = camera_names(value(node, "cameras")) or [""]
             check_camera_topics(node, cameras, objects=True)
-        return SetParametersResult(successful=True), settings
-    except ValueError as exc:
-        return _refused(str(exc)), None
+        return new
+
+    return _check_group(parameters, POINTS_PARAMETERS, settings)
 
 
 TEMPORAL_PARAMETERS = {"temporal_alpha": "alpha", "temporal_reset_s": "reset_s"}
@@ -684,11 +686,20 @@ def check_temporal_change(
 
     ``(accepted, new settings)``; settings None when the request changes none of them.
     """
-    changed = {p.name: p.value for p in parameters if p.name in TEMPORAL_PARAMETERS}
+    return _check_group(parameters, TEMPORAL_PARAMETERS, partial(temporal_settings, node))
+
+
+def _check_group(
+    parameters: list[Parameter], names: Container[str], settings: Callable[[dict[str, Any]], T]
+) -> tuple[SetParametersResult, T | None]:
+    """``(accepted, settings(changed values))`` for the request's parameters in ``names``;
+    ``(accepted, None)`` when it changes none of them, refused with the ``ValueError``'s
+    reason."""
+    changed = {p.name: p.value for p in parameters if p.name in names}
     if not changed:
         return SetParametersResult(successful=True), None
     try:
-        return SetParametersResult(successful=True), temporal_settings(node, changed)
+        return SetParametersResult(successful=True), settings(changed)
     except ValueError as exc:
         return _refused(str(exc)), None
 

@@ -9,6 +9,12 @@ import torch
 import torch.nn.functional as F
 
 
+def clean_scores(scores: torch.Tensor) -> torch.Tensor:
+    """``scores`` as float32 with NaN -> 0 and +-inf -> +-1e4, in place when already float32:
+    a broken score stays harmless, and finite scores are unchanged (no device query needed)."""
+    return torch.nan_to_num_(scores.float(), nan=0.0, posinf=1e4, neginf=-1e4)
+
+
 def reduce_scores(
     scores: torch.Tensor,
     query_to_entry: torch.Tensor,
@@ -31,7 +37,7 @@ def reduce_scores(
         labels ``[H, W]`` long, confidence ``[H, W]`` (the label's probability) and
         probabilities ``[C, H, W]``.
     """
-    scores = torch.nan_to_num(scores.float(), nan=0.0, posinf=1e4, neginf=-1e4)
+    scores = clean_scores(scores.clone())
     probs = torch.softmax(logit_scale * scores, dim=0)
     if num_entries != probs.shape[0]:
         index = query_to_entry.view(-1, 1, 1).expand_as(probs)
@@ -108,8 +114,7 @@ def _entry_scores(
     q0, q1 = offsets[first], offsets[last]
     # NaN / inf cleaned as in ``reduce_scores``; a no-op on finite scores, and cheaper than
     # asking the device whether there are any (a synchronisation).
-    queries = upsample_chunk(scores[q0:q1], size).float()
-    queries = torch.nan_to_num_(queries, nan=0.0, posinf=1e4, neginf=-1e4)
+    queries = clean_scores(upsample_chunk(scores[q0:q1], size))
     if q1 - q0 == last - first:
         return queries, queries
     if query_to_entry is not None:
@@ -261,7 +266,7 @@ def query_probabilities(scores: torch.Tensor, logit_scale: float = 40.0) -> torc
     """``[Q, h, w]`` scores -> ``[Q, h, w]`` float32 ``softmax(logit_scale * scores)`` over
     queries: the distribution the reduction (``reduce_scores``, ``reduce_upsampled``) reads,
     NaN / inf cleaned as there."""
-    scores = torch.nan_to_num(scores.float(), nan=0.0, posinf=1e4, neginf=-1e4)
+    scores = clean_scores(scores.clone())
     return torch.softmax(scores.mul_(logit_scale), dim=0)
 
 

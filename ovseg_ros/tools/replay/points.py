@@ -133,9 +133,7 @@ class PointsWriter:
         """The node's ``~/objects/markers`` (ovseg_ros.ros.output_messages) in rosbags types:
         every field the node sets, the rest at their defaults."""
         types = self.typestore.types
-        point, vector = types["geometry_msgs/msg/Point"], types["geometry_msgs/msg/Vector3"]
-        pose = types["geometry_msgs/msg/Pose"]
-        quaternion = types["geometry_msgs/msg/Quaternion"]
+        vector = types["geometry_msgs/msg/Vector3"]
         color = types["std_msgs/msg/ColorRGBA"]
         duration = types["builtin_interfaces/msg/Duration"]
         marker, mesh = (
@@ -153,9 +151,7 @@ class PointsWriter:
                 id=spec.id,
                 type=spec.type,
                 action=spec.action,
-                pose=pose(
-                    position=point(*spec.position), orientation=quaternion(0.0, 0.0, 0.0, 1.0)
-                ),
+                pose=self._pose(spec.position),
                 scale=vector(*spec.scale),
                 color=color(*spec.color),
                 lifetime=duration(sec=0, nanosec=0),
@@ -177,10 +173,7 @@ class PointsWriter:
     def _detections(self, header: Any, objects: ObjectsOutput) -> Any:
         """The node's ``~/objects`` (where vision_msgs imports) in rosbags types."""
         types = self.typestore.types
-        point, vector = types["geometry_msgs/msg/Point"], types["geometry_msgs/msg/Vector3"]
-        quaternion = types["geometry_msgs/msg/Quaternion"]
-        pose = types["geometry_msgs/msg/Pose"]
-        identity = quaternion(0.0, 0.0, 0.0, 1.0)
+        vector = types["geometry_msgs/msg/Vector3"]
         with_covariance = types["geometry_msgs/msg/PoseWithCovariance"]
         hypothesis = types["vision_msgs/msg/ObjectHypothesis"]
         with_pose = types["vision_msgs/msg/ObjectHypothesisWithPose"]
@@ -195,13 +188,13 @@ class PointsWriter:
                     with_pose(
                         hypothesis=hypothesis(class_id=spec.class_id, score=spec.score),
                         pose=with_covariance(
-                            pose=pose(position=point(*spec.centroid), orientation=identity),
+                            pose=self._pose(spec.centroid),
                             covariance=np.zeros(36),
                         ),
                     )
                 ],
                 bbox=box(
-                    center=pose(position=point(*spec.center), orientation=identity),
+                    center=self._pose(spec.center),
                     size=vector(*spec.size),
                 ),
                 id=spec.id,
@@ -209,6 +202,16 @@ class PointsWriter:
             for spec in objects.detections()
         ]
         return types[DETECTION3D_ARRAY_TYPE](header=header, detections=detections)
+
+    def _pose(self, position: tuple[float, float, float]) -> Any:
+        """A ``geometry_msgs/Pose`` at ``position`` with the identity orientation (the default
+        of an rclpy Pose)."""
+        types = self.typestore.types
+        quaternion = types["geometry_msgs/msg/Quaternion"]
+        return types["geometry_msgs/msg/Pose"](
+            position=types["geometry_msgs/msg/Point"](*position),
+            orientation=quaternion(0.0, 0.0, 0.0, 1.0),
+        )
 
     def _cloud(self, header: Any, cloud: Any) -> Any:
         types = self.typestore.types
