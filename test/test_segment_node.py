@@ -669,8 +669,14 @@ def test_bad_compressed_frames_are_skipped(tester, jpeg_node) -> None:
         depth.format = "16UC1; compressedDepth png"
         for msg in (corrupt, depth):
             before = jpeg_node.stats.total("invalid")
-            publisher.publish(msg)
-            assert wait_until(lambda n=before: jpeg_node.stats.total("invalid") > n, 30)
+
+            def counted(m=msg, n=before) -> bool:
+                # Re-sent until counted: the node may renew its subscription (qos_reliability
+                # auto) as the publisher appears, and a message sent then is lost.
+                publisher.publish(m)
+                return jpeg_node.stats.total("invalid") > n
+
+            assert wait_until(counted, 30, poll=0.5)
         for sec in range(4100, 4140):  # good frames still flow
             publisher.publish(make_jpeg(sec))
             if wait_until(lambda s=sec: tester.by_stamp("/third/ovseg_jpeg/labels", s), 0.5):
