@@ -4,12 +4,14 @@
     ros2 launch ovseg_ros segment.launch.py classes:="['floor', 'person', 'door']" device:=cuda
     ros2 launch ovseg_ros segment.launch.py depth:=true   # + ~/points, ~/camera_info (RealSense)
     ros2 launch ovseg_ros segment.launch.py objects:=true # + ~/objects/markers (depth implied)
+    ros2 launch ovseg_ros segment.launch.py temporal_alpha:=0.6  # labels that hold still
     ros2 launch ovseg_ros segment.launch.py cameras:="['front', 'left']" \
         camera_topics:="{front: /front/camera/color/image_raw, left: /left/camera/color/image_raw}"
     ros2 launch ovseg_ros segment.launch.py rviz:=true   # + rviz2 with config/ovseg.rviz
 
-Arguments left empty (method, classes, device, preset, image_transport, depth_transport) come
-from the params file (config/segment.yaml by default). With ``image_transport:=compressed`` the
+Arguments left empty (method, classes, device, preset, image_transport, depth_transport,
+depth, objects, temporal_alpha) come from the params file (config/segment.yaml by default;
+ovseg_ros.ros.launch_arguments checks the given ones). With ``image_transport:=compressed`` the
 node subscribes ``<image>/compressed`` only (the image_transport convention; it resolves the
 remapped name); with ``depth_transport:=compressedDepth``, ``<depth_topic>/compressedDepth``.
 With ``cameras``, one node segments several cameras with one model: camera ``c`` reads
@@ -23,15 +25,13 @@ from __future__ import annotations
 import os
 import shutil
 
-import yaml
 from launch import Action, LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
+from ovseg_ros.ros.launch_arguments import FALSE, TRUE, node_overrides, parse_camera_topics
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -61,6 +61,13 @@ def generate_launch_description() -> LaunchDescription:
             description="true: also publish the 3D objects (~/objects/markers, and ~/objects "
             "where vision_msgs imports); implies depth:=true unless depth is given; empty: "
             "from params_file (false).",
+        ),
+        DeclareLaunchArgument(
+            "temporal_alpha",
+            default_value="",
+            description="Temporal fusion: weight of the past frames' labels in [0, 0.95] "
+            "(docs/temporal.md), e.g. 0.6 for a static or slowly moving camera; 0: off; empty: "
+            "from params_file (0).",
         ),
         DeclareLaunchArgument(
             "depth_topic",
@@ -152,27 +159,7 @@ def _segment_node(context: LaunchContext, *args, **kwargs) -> list[Node]:
     def value(name: str) -> str:
         return LaunchConfiguration(name).perform(context).strip()
 
-    overrides: dict[str, object] = {}
-    for name in ("method", "device", "preset", "image_transport", "depth_transport"):
-        if value(name):
-            overrides[name] = value(name)
-    if value("classes"):
-        overrides["classes"] = _parse_classes(value("classes"))
-    cameras = _parse_cameras(value("cameras"))
-    if cameras:
-        overrides["cameras"] = cameras
-    for name in ("depth", "objects"):
-        flag = value(name).lower()
-        if flag and flag not in _TRUE + _FALSE:
-            raise ValueError(f"{name} must be true or false, got {flag!r}")
-        if flag:
-            overrides[name] = flag in _TRUE
-    if overrides.get("objects") and "depth" not in overrides:
-        overrides["depth"] = True  # objects are found in the depth image
-    sim_time = value("use_sim_time").lower()
-    if sim_time not in _TRUE + _FALSE:
-        raise ValueError(f"use_sim_time must be true or false, got {sim_time!r}")
-    overrides["use_sim_time"] = sim_time in _TRUE
+    overrides = node_overrides(value)
 
     image = value("image").rstrip("/")
     if not image:
@@ -181,7 +168,8 @@ def _segment_node(context: LaunchContext, *args, **kwargs) -> list[Node]:
     for name, argument in (("depth", "depth_topic"), ("camera_info", "camera_info")):
         if value(argument).rstrip("/"):
             remappings.append((name, value(argument).rstrip("/")))
-    for camera, topic in _parse_camera_topics(value("camera_topics"), cameras).items():
+    cameras = overrides.get("cameras", [])
+    for camera, topic in parse_camera_topics(value("camera_topics"), cameras).items():
         remappings.append((f"{camera}/image", topic))
     return [
         Node(
@@ -210,14 +198,14 @@ def _rviz(context: LaunchContext, *args, **kwargs) -> list[Action]:
         return LaunchConfiguration(name).perform(context).strip()
 
     wanted = value("rviz").lower()
-    if wanted not in _TRUE + _FALSE:
+    if wanted not in TRUE + FALSE:
         raise ValueError(f"rviz must be true or false, got {wanted!r}")
-    if wanted in _FALSE:
+    if wanted in FALSE:
         return []
     config = os.path.join(FindPackageShare("ovseg_ros").perform(context), "config", "ovseg.rviz")
     node = "/".join(p for p in (value("namespace").strip("/"), value("node_name")) if p)
     remappings = [(f"/ovseg/{t}", f"/{node}/{t}") for t in RVIZ_TOPICS if node != "ovseg"]
-    sim_time = value("use_sim_time").lower() in _TRUE
+    sim_time = value("use_sim_time").lower() in TRUE
     if _ament_package_found("rviz2"):
         rviz = Node(
             package="rviz2",
@@ -261,54 +249,3 @@ def _dds_env(profile: str, context: LaunchContext) -> dict[str, str]:
     if not os.path.isfile(profile):
         raise ValueError(f"dds_profile: no such file {profile!r} (large_images or an XML path)")
     return {"FASTRTPS_DEFAULT_PROFILES_FILE": profile, "FASTDDS_DEFAULT_PROFILES_FILE": profile}
-
-
-def _parse_classes(text: str) -> list[str]:
-    """``"['person', 'chair']"`` (YAML / Python list syntax) -> a list of strings."""
-    try:
-        classes = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"classes is not a YAML list: {text!r} ({exc})") from exc
-    if isinstance(classes, str):
-        classes = [classes]  # a single class given without brackets
-    if (
-        not isinstance(classes, list)
-        or not classes
-        or not all(isinstance(c, (str, int, float)) and str(c).strip() for c in classes)
-    ):
-        raise ValueError(f"classes must be a non-empty list of names, got {text!r}")
-    return [str(c) for c in classes]
-
-
-def _parse_cameras(text: str) -> list[str]:
-    """``"['front', 'left']"`` -> camera names ("" -> []); the node validates the names."""
-    if not text:
-        return []
-    try:
-        cameras = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"cameras is not a YAML list: {text!r} ({exc})") from exc
-    if isinstance(cameras, str):
-        cameras = [cameras]
-    if not isinstance(cameras, list) or not all(isinstance(c, str) for c in cameras):
-        raise ValueError(f"cameras must be a list of names, got {text!r}")
-    return cameras
-
-
-def _parse_camera_topics(text: str, cameras: list[str]) -> dict[str, str]:
-    """``"{front: /front/camera/color/image_raw}"`` -> camera -> image topic (checked against
-    the ``cameras`` argument when it is given)."""
-    if not text:
-        return {}
-    try:
-        topics = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"camera_topics is not a YAML mapping: {text!r} ({exc})") from exc
-    if not isinstance(topics, dict) or not all(
-        isinstance(t, str) and t.strip() for t in topics.values()
-    ):
-        raise ValueError(f"camera_topics must map camera names to topics, got {text!r}")
-    unknown = sorted(str(c) for c in topics if c not in cameras)
-    if unknown and cameras:  # cameras from the params file are not known here
-        raise ValueError(f"camera_topics: {unknown} not in cameras {cameras}")
-    return {str(c): t.strip() for c, t in topics.items()}

@@ -161,7 +161,16 @@ def test_a_flooding_camera_does_not_starve_another(two_cameras, tmp_path) -> Non
     node, client = two_cameras
     slow_topic = f"/ovseg/{LONG}/labels"
     slow_pub = client.node.create_publisher(Image, f"/{LONG}/image", 10)
-    wait_for(lambda: slow_pub.get_subscription_count() > 0, 30, "the slow subscription")
+    # qos_reliability auto renews the node's subscription as this reliable publisher appears;
+    # a frame sent before the renewed one is matched may be lost: wait for it.
+    wait_for(
+        lambda: (
+            client.subscription_reliability(f"/{LONG}/image", "ovseg") == "reliable"
+            and slow_pub.get_subscription_count() > 0
+        ),
+        30,
+        "the slow camera's reliable subscription",
+    )
     before = {c: _camera_counts(client, c) for c in ("a", LONG)}
     client.reset()
     flood_msg, slow_sent = stamped_frame(0), []
@@ -176,6 +185,7 @@ def test_a_flooding_camera_does_not_starve_another(two_cameras, tmp_path) -> Non
             sec = 10_000 + i // 100
             slow_pub.publish(stamped_frame(sec))
             slow_sent.append(sec * 10**9)
+
     def counts() -> dict[str, dict[str, int]]:
         after = {c: _camera_counts(client, c) for c in ("a", LONG)}
         return {c: {k: after[c][k] - before[c][k] for k in FRAME_COUNTS} for c in after}

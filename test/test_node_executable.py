@@ -45,10 +45,7 @@ def test_launch_description() -> None:
     names = {a.name for a in description.entities if isinstance(a, DeclareLaunchArgument)}
     assert {"image", "method", "classes", "device", "params_file", "namespace"} <= names
     assert {"node_name", "use_sim_time", "preset", "image_transport", "depth_transport"} <= names
-    assert {"rviz", "depth", "objects"} <= names
-    assert module._parse_classes("['person', 'chair; stool']") == ["person", "chair; stool"]
-    with pytest.raises(ValueError):
-        module._parse_classes("[]")
+    assert {"rviz", "depth", "objects", "temporal_alpha"} <= names
 
 
 # -- the executable ------------------------------------------------------------------------------

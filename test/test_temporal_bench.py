@@ -9,7 +9,12 @@ import pytest
 
 from ovseg_ros.bench import cli
 from ovseg_ros.bench.temporal import video_metrics
-from ovseg_ros.bench.temporal_video import correspondence, make_video
+from ovseg_ros.bench.temporal_video import (
+    EXPOSURE_DRIFT,
+    NOISE_SIGMA,
+    correspondence,
+    make_video,
+)
 
 pytest.importorskip("cv2")
 
@@ -43,8 +48,15 @@ def test_temporal_subcommand_runs_and_reports(capsys):
     captured = capsys.readouterr()
     (record,) = json.loads(captured.out)["records"]
     assert (record["method"], record["preset"], record["size"]) == ("pearl", "tiny", "64x48")
-    assert record["frames_fused"] == 3 and record["added_ms"] > 0
-    assert 0.0 <= record["flicker_on"] <= 1.0 and 0.0 <= record["agreement_on"] <= 1.0
+    assert record["frames_fused"] == 3 and record["added_ms"] > 0 and record["flow_ms"] > 0
+    for key in ("flicker_on", "flicker_noise_free_fused", "agreement_on"):
+        assert 0.0 <= record[key] <= 1.0, key
+    for key in ("agreement_noise_free_fused", "agreement_on_vs_noise_free_fused"):
+        assert 0.0 <= record[key] <= 1.0, key
     assert "| pearl | tiny | cpu | 64x48 |" in captured.err
+    # the video's defaults are the command's
+    parser = cli.build_parser()
+    defaults = parser.parse_args(["temporal"])
+    assert (defaults.noise, defaults.drift) == (NOISE_SIGMA, EXPOSURE_DRIFT)
     assert cli.main(["temporal", "--alpha", "0.99"]) == 2
     assert cli.main(["temporal", "--frames", "2"]) == 2

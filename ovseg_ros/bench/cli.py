@@ -249,9 +249,10 @@ def _add_temporal_parser(sub: Any, p: dict[str, argparse.ArgumentParser]) -> Non
         help="temporal fusion on a synthetic video: flicker, agreement, trail and added ms",
         description="Per method: label flicker (after compensating the known camera motion), "
         "agreement with the noise-free frames' labels and the moving object's trail, with "
-        "temporal fusion off and at --alpha, and the milliseconds fusion adds per frame (flow "
-        "and fusion, in series), on a synthetic video of a slowly panning, zooming camera with "
-        "a moving object, sensor noise and an exposure drift.",
+        "temporal fusion off and at --alpha (also on the noise-free video), the flow's "
+        "milliseconds on its thread and those fusion adds to the frame path, on a synthetic "
+        "video of a slowly panning, zooming camera with a moving object, sensor noise and an "
+        "exposure drift.",
     )
     add.add_argument("--methods", nargs="+", choices=METHODS, help="default: all")
     add.add_argument("--preset", choices=PRESETS, default="tiny", help="default: tiny")
@@ -601,8 +602,9 @@ def run_temporal(args: argparse.Namespace) -> int:
     print(
         f"{PROG} temporal: {args.frames} frames {width}x{height} at 20 Hz, noise sigma "
         f"{args.noise:g}, exposure drift {args.drift:+.0%}, motion x{args.motion:g}; "
-        f"{args.classes} classes; torch threads {torch.get_num_threads()}; times in ms "
-        "(flow and fusion in series; on a GPU the flow overlaps the segmentation)",
+        f"{args.classes} classes; torch threads {torch.get_num_threads()}; per fused frame, "
+        "ms: flow on its thread (overlapping the segmentation, as in the node), added: what "
+        "the frame waits for after scoring (the fusion, and the flow if not done)",
         file=out,
         flush=True,
     )

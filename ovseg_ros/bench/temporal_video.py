@@ -17,7 +17,7 @@ from ovseg_ros.bench.scene import synthetic_image
 
 RATE_HZ = 20.0
 NOISE_SIGMA = 8.0  # grey levels, per pixel and frame
-EXPOSURE_DRIFT = 0.1  # the gain drifts from 1 to 1 + this over the video (auto-exposure)
+EXPOSURE_DRIFT = 0.05  # the gain drifts from 1 to 1 + this over the video (auto-exposure)
 OBJECT_COLOR = (235, 30, 200)  # no scene region has it
 
 

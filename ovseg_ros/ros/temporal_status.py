@@ -1,5 +1,5 @@
 """The ``/diagnostics`` status of each camera's temporal fusion (``"<node>: temporal[ <camera>]"``):
-frames fused and used alone, and the resets by reason, from
+frames fused and used alone, the resets by reason and the time spent per frame, from
 :meth:`ovseg_ros.temporal.TemporalFusion.counters`.
 
 Levels: OK; WARN while fusion is on and every frame since the previous status was used alone
@@ -38,10 +38,14 @@ def temporal_status(
             message = f"alpha {settings.alpha:g}: no frame fused, every frame used alone" + (
                 f" (resets: mostly {worst})" if resets[worst] > 0 else ""
             )
+    frames = fused + alone
     values = {
         "temporal_alpha": f"{settings.alpha:g}",
         "temporal_reset_s": f"{settings.reset_s:g}",
         **now,
+        # since the previous status: the flow thread's and the frame path's cost per frame
+        "flow_ms_per_frame": f"{delta['flow_time_us'] / 1000 / frames:.2f}" if frames else "",
+        "fusion_ms_per_frame": f"{delta['fusion_time_us'] / 1000 / frames:.2f}" if frames else "",
         "last_flow_error": stage.last_flow_error,
     }
     return DiagnosticStatus(

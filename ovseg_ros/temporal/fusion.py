@@ -33,7 +33,8 @@ def warp_probabilities(probabilities: torch.Tensor, grid: torch.Tensor) -> torch
 def fuse(
     now: torch.Tensor, warped: torch.Tensor, valid: torch.Tensor, alpha: float
 ) -> torch.Tensor:
-    """``normalise((1 - alpha) now + alpha warped)`` where ``valid``, ``now`` elsewhere.
+    """``normalise((1 - alpha) now + alpha warped)`` where ``valid``, ``now`` elsewhere
+    (normalised too, which changes it by float rounding only).
 
     Args:
         now, warped: ``[Q, h, w]`` distributions over queries (sum 1 over ``Q``).
@@ -41,7 +42,9 @@ def fuse(
     Returns:
         ``[Q, h, w]`` float32, each pixel summing to 1.
     """
-    mixed = torch.lerp(now.float(), warped.float(), alpha)  # (1 - a) now + a warped
+    # One pass: the weight of the past is alpha where valid and 0 elsewhere (lerp by 0 is
+    # ``now`` exactly), instead of mixing everywhere and selecting.
+    weight = valid.to(torch.float32).mul_(alpha)
+    mixed = torch.lerp(now.float(), warped.float(), weight)  # (1 - w) now + w warped
     # The sum is at least (1 - a) max(now) > 0: no division by zero.
-    mixed = mixed.div_(mixed.sum(dim=0, keepdim=True))
-    return torch.where(valid, mixed, now)
+    return mixed.div_(mixed.sum(dim=0, keepdim=True))

@@ -12,8 +12,9 @@ MAX_RESET_S = 3600.0
 # A fleet window (ovseg-replay --ray) starts this close to a single run's fused state.
 CONVERGENCE = 1e-6
 MAX_WARMUP = 10_000
-# What fusion holds per frame, for the node's memory budget: the state, the current
-# distribution, the warped state, the mix, the fused distribution and its log, each [Q, h, w].
+# What fusion holds per frame, for the node's memory budget: the state, the scores cleaned,
+# their distribution, the warped state, the mix (normalised in place) and its log, each
+# [Q, h, w].
 MEMORY_TERM = "temporal fusion (temporal_alpha)"
 MEMORY_CLASS_MAPS = 6
 

@@ -26,6 +26,7 @@ reset a frame's result is the engine's own, bit for bit.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -112,11 +113,21 @@ class TemporalFusion:
             self._state = None
 
     def counters(self) -> dict[str, int]:
-        """``frames_fused``, ``frames_alone`` (first frames and resets) and ``resets_<reason>``
-        for every reason in :data:`RESET_REASONS`, since construction."""
+        """Since construction: ``frames_fused``, ``frames_alone`` (first frames and resets),
+        ``resets_<reason>`` for every reason in :data:`RESET_REASONS`, and the microseconds
+        spent: ``flow_time_us`` on the flow thread (thumbnail, flow, sampling grid; overlapping
+        the segmentation) and ``fusion_time_us`` on the frame path (:meth:`apply`: waiting for
+        the flow if it is not done, then the fusion's tensor work as the host sees it; on a GPU
+        without waiting for the device)."""
         with self._lock:
             counts = dict(self._counts)
-        keys = ["frames_fused", "frames_alone", *(f"resets_{r}" for r in RESET_REASONS)]
+        keys = [
+            "frames_fused",
+            "frames_alone",
+            *(f"resets_{r}" for r in RESET_REASONS),
+            "flow_time_us",
+            "fusion_time_us",
+        ]
         return {key: counts.get(key, 0) for key in keys}
 
     # -- the frame path --------------------------------------------------------------------------
@@ -146,19 +157,36 @@ class TemporalFusion:
     def _motion(
         self, rgb: np.ndarray, previous: np.ndarray | None, grid_size: tuple[int, int] | None
     ) -> tuple[np.ndarray, Motion | None, tuple[np.ndarray, np.ndarray] | None]:
-        current = thumbnail(rgb)
-        if previous is None or grid_size is None:
-            return current, None, None
-        if self._estimator is None:
-            self._estimator = MotionEstimator()
-        motion = self._estimator.estimate(previous, current)
-        return current, motion, sampling_grid(motion.flow, motion.valid, grid_size)
+        started = time.perf_counter()
+        try:
+            current = thumbnail(rgb)
+            if previous is None or grid_size is None:
+                return current, None, None
+            if self._estimator is None:
+                self._estimator = MotionEstimator()
+            motion = self._estimator.estimate(previous, current)
+            return current, motion, sampling_grid(motion.flow, motion.valid, grid_size)
+        finally:
+            self._count_time("flow_time_us", started)
+
+    def _count_time(self, key: str, started: float) -> None:
+        with self._lock:
+            self._counts[key] += round(1e6 * (time.perf_counter() - started))
 
     def apply(
         self, pending: PendingFrame, scores: torch.Tensor, logit_scale: float, version: int
     ) -> torch.Tensor:
         """The frame's scores ``[Q, h, w]`` after fusion (the same tensor when the frame is
         used alone); ``version``: the vocabulary version the scores belong to."""
+        started = time.perf_counter()
+        try:
+            return self._apply(pending, scores, logit_scale, version)
+        finally:
+            self._count_time("fusion_time_us", started)
+
+    def _apply(
+        self, pending: PendingFrame, scores: torch.Tensor, logit_scale: float, version: int
+    ) -> torch.Tensor:
         try:
             current, motion, sampling = pending.work.result()
         except Exception as exc:  # noqa: BLE001 - a frame the flow cannot take: no state
