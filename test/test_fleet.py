@@ -42,6 +42,7 @@ CLASSES = ["sky", "person; man", "chair"]
 FAST = {"templates": "single", "short_side": 0}  # tiny models, small frames: fast
 FRAMES = {"alpha": 4, "bravo": 7, "charlie": 3}
 BAG_IDS = {"alpha": 1, "bravo": 2, "charlie": 3}
+LONG = 80  # frames of each bag a run is interrupted in (seconds of labelling)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -249,7 +250,7 @@ def test_interrupted_run_leaves_no_half_written_output(tmp_path, args):
     outputs; the next run clears the partial output and finishes the job."""
     bags = tmp_path / "bags"
     for k in range(3):
-        camera_bag(bags / f"long{k}", "mcap", 10 + k, 150)
+        camera_bag(bags / f"long{k}", "mcap", 10 + k, LONG)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "ovseg_ros.tools.replay", str(bags), "--output-dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -272,7 +273,7 @@ def test_interrupted_run_leaves_no_half_written_output(tmp_path, args):
         finals = [p for p in out.glob("long*_ovseg")]
         for final in finals:  # only complete bags under a final name
             messages, _ = read_bag(final)
-            assert len(messages["/ovseg/labels"]) == 150
+            assert len(messages["/ovseg/labels"]) == LONG
         assert len(finals) < 3
         if sig == signal.SIGKILL:
             assert process.returncode == -signal.SIGKILL and partial()  # killed mid-bag
@@ -286,7 +287,7 @@ def test_interrupted_run_leaves_no_half_written_output(tmp_path, args):
     assert main([str(bags), "--output-dir", str(out), *args]) == 0
     assert not (out / ".partial").exists()
     for k in range(3):
-        assert_each_frame_count(out / f"long{k}_ovseg", 150)
+        assert_each_frame_count(out / f"long{k}_ovseg", LONG)
 
 
 def assert_each_frame_count(path: Path, frames: int) -> None:
@@ -355,8 +356,11 @@ def test_evaluate_on_ray_equals_single_process(local_ray, tmp_path, capsys):
 
     root = tmp_path / "voc"
     write_voc(root)
+    # One prompt template per class: the actors' text encoding is what a run costs here.
+    params = tmp_path / "segment.yaml"
+    params.write_text(yaml.safe_dump({"ovseg": {"ros__parameters": {"templates": "single"}}}))
     flags = ["--dataset", "voc21", "--root", str(root), "--preset", "tiny", "--device", "cpu"]
-    flags += ["--method", "maskclip"]
+    flags += ["--method", "maskclip", "--params", str(params)]
     assert evaluate.main([*flags, "--output-dir", str(tmp_path / "one")]) == 0
     capsys.readouterr()
     assert evaluate.main([*flags, "--output-dir", str(tmp_path / "ray"), "--ray"]) == 0
