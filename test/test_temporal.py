@@ -278,6 +278,35 @@ def test_a_moving_object_leaves_no_trail():
     assert max(trails) <= 0.05, trails
 
 
+def test_labels_reaching_beyond_a_moving_object_leave_no_trail():
+    """As above, but the object's label reaches ``HALO`` px beyond its pixels (as a method that
+    labels by patches does), onto background whose grey level does not change: the flow is
+    reliable there, and only the margin around changed content (``CONTENT_MARGIN``) returns
+    those pixels to the background within 2 frames."""
+    import cv2
+
+    h, w, side, step, halo = 64, 96, 16, 3, 2
+    background = scene(size=(h, w))
+    camera = Camera(alpha=0.6)
+    reach, trails = [], []
+    for t in range(8):
+        rgb = background.copy()
+        mask = np.zeros((h, w), np.uint8)
+        mask[24 : 24 + side, 10 + step * t : 10 + step * t + side] = 1
+        rgb[mask > 0] = (235, 30, 200)
+        labelled = cv2.dilate(mask, np.ones((2 * halo + 1,) * 2, np.uint8)) > 0
+        p_object = torch.from_numpy(np.where(labelled, 0.8, 0.4)).float()
+        scores = torch.log(torch.stack([1 - p_object, p_object])) / SCALE
+        _, out = camera.frame(rgb, 50 * t, scores)
+        labels = out.argmax(0).numpy()
+        reach.append(labelled)
+        if t >= 2:  # labelled as the object 2 frames ago, background since
+            vacated = reach[t - 2] & ~reach[t - 1] & ~labelled
+            trails.append(labels[vacated].mean())
+    assert camera.stage.counters()["frames_fused"] == 7
+    assert max(trails) <= 0.05, trails
+
+
 # -- through the engine ------------------------------------------------------------------------
 
 

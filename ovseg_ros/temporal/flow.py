@@ -42,6 +42,13 @@ CUT_BOX = 5
 # edge, this is what catches the uncovered background.
 PIXEL_RESIDUAL = 12
 NOISE_FACTOR = 4.0
+# A moving object's labels reach beyond its own pixels (a method labels by patches of 14-16
+# processing pixels, and propagates): the pixels within this many thumbnail pixels of content
+# the residual flags (4 px each at 640x480) are new content too. Measured on the benchmark's
+# video (the trail columns): without it, where a moving disk had been two frames earlier, 0.5
+# (PEARL) to 2 (MaskCLIP) more pixels in a hundred were mislabelled than without fusion; with
+# it, as many as without fusion.
+CONTENT_MARGIN = 2
 
 
 class OpenCVMissing(RuntimeError):
@@ -121,6 +128,7 @@ class MotionEstimator:
         self._cv2 = cv2
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
         self._kernel = np.ones((3, 3), np.uint8)
+        self._content_kernel = np.ones((2 * CONTENT_MARGIN + 1,) * 2, np.uint8)
         self._coordinates: tuple[np.ndarray, np.ndarray] | None = None
 
     def estimate(self, previous: np.ndarray, current: np.ndarray) -> Motion:
@@ -142,7 +150,8 @@ class MotionEstimator:
         warped = cv2.remap(previous, map_x, map_y, linear, borderMode=edge)
         difference = cv2.absdiff(current, warped)
         noise = float(difference[inside].mean()) if inside.any() else float(MEAN_LEVEL)
-        same = difference <= max(PIXEL_RESIDUAL, NOISE_FACTOR * noise)
+        same = (difference <= max(PIXEL_RESIDUAL, NOISE_FACTOR * noise)).view(np.uint8)
+        same = cv2.erode(same, self._content_kernel, borderType=edge).view(bool)
         # Occlusion borders are blurred at this size: a pixel next to an unreliable one is not
         # trusted either.
         valid = (inside & consistent & same).view(np.uint8)
