@@ -33,7 +33,8 @@ from ros_harness import (
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from ovseg_ros.ros.parameters import DEFAULT_CLASSES, camera_names
+from ovseg_ros.ros.parameters import DEFAULT_CLASSES
+from ovseg_ros.ros.topic_names import camera_names
 from ovseg_ros.segmentation import SegmenterConfig, build_segmenter
 
 DOMAIN_ID = private_domain_id()

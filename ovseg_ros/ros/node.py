@@ -41,7 +41,7 @@ from rclpy.qos import QoSPolicyKind, qos_policy_name_from_kind
 from std_msgs.msg import String
 
 from ovseg_ros.points_stage import PointsStage
-from ovseg_ros.ros import parameters
+from ovseg_ros.ros import parameter_changes, parameters
 from ovseg_ros.ros.adaptive_qos import ReliabilityFollower
 from ovseg_ros.ros.camera import Camera
 from ovseg_ros.ros.compat import QoSRequestedIncompatibleQoSInfo
@@ -111,7 +111,7 @@ class SegmentNode(LifecycleNode):
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate a change (refusing it with a reason) and queue it for the worker."""
-        result, change = parameters.check_request(self, params, self._camera_keys())
+        result, change = parameter_changes.check_request(self, params, self._camera_keys())
         if not result.successful:
             return result
         if change.classes is not None:

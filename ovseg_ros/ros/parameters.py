@@ -5,39 +5,35 @@ Engine parameters mirror :class:`~ovseg_ros.segmentation.config.SegmenterConfig`
 node parameters (vocabulary, transport, QoS, ...) are specified here the same way. The QoS of
 the image subscription is overridable the standard rclpy way
 (``qos_overrides./<topic>.subscription.<policy>``, declared when the node subscribes).
+
+Here: declaring them and reading them at configure (:func:`read_settings`). A set-parameters
+request at runtime is checked in :mod:`.parameter_changes`; camera and topic names in
+:mod:`.topic_names`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from rcl_interfaces.msg import (
     FloatingPointRange,
     IntegerRange,
     ParameterDescriptor,
     ParameterType,
-    SetParametersResult,
 )
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from ovseg_ros.image_conversion import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
-from ovseg_ros.outputs import MASK, is_name_token
-from ovseg_ros.pipeline import per_class_topics, string_list
+from ovseg_ros.pipeline import string_list
 from ovseg_ros.points.objects import MAX_DEPTH_GAP, MAX_MIN_POINTS
 from ovseg_ros.points_stage import PointsSettings
+from ovseg_ros.ros.topic_names import camera_names, check_camera_topics
 from ovseg_ros.segmentation.budget import check_frame_memory
 from ovseg_ros.segmentation.config import FieldSpec, SegmenterConfig, field_specs
-from ovseg_ros.segmentation.vocabulary import (
-    MAX_ENTRIES,
-    Vocabulary,
-    build_vocabulary,
-    parse_entries,
-)
+from ovseg_ros.segmentation.vocabulary import MAX_ENTRIES, parse_entries
 from ovseg_ros.temporal import (
     DEFAULT_RESET_S,
     MAX_ALPHA,
@@ -47,8 +43,6 @@ from ovseg_ros.temporal import (
     TemporalSettings,
     opencv_problem,
 )
-
-T = TypeVar("T")
 
 DEFAULT_CLASSES = [
     "background; floor; wall; ceiling; sky",
@@ -64,11 +58,6 @@ MAX_CLASS_TOPICS = 32  # ~/confidence/<class> (or ~/mask/<class>) topics: a publ
 # image per frame each
 MAX_CAMERAS = 16
 MAX_POINTS_CLASSES = 256
-# The node's outputs below a camera's namespace: the longest decides whether a name fits.
-CAMERA_TOPICS = ("labels", "confidence", "overlay", "points", "camera_info")
-OBJECT_TOPICS = ("objects/markers",)  # with objects: true, checked then
-CAMERA_INPUTS = ("image", "depth", "camera_info")
-
 NODE_SPECS: tuple[FieldSpec, ...] = (
     FieldSpec(
         "classes",
@@ -392,62 +381,6 @@ def check_node_values(node: Node) -> None:
     points_settings(node)
 
 
-def check_camera_topics(node: Node, cameras: list[str], objects: bool | None = None) -> None:
-    """``ValueError`` when a camera's input or output topics would not be valid ROS topic
-    names here (namespace and node name included), e.g. too long for the rmw (247
-    characters), before anything is created. ``objects``: whether the objects topics exist
-    (default: the ``objects`` parameter)."""
-    if objects is None:
-        objects = bool(value(node, "objects"))
-    outputs = CAMERA_TOPICS + OBJECT_TOPICS * objects
-    for key in cameras:
-        prefix = f"{key}/" if key else ""
-        names = [f"~/{prefix}{suffix}" for suffix in outputs]
-        names += [f"{prefix}{suffix}" for suffix in CAMERA_INPUTS]
-        for name in names:
-            problem = topic_problem(node, name)
-            if problem:
-                where = f"camera {key!r}: " if key else ""
-                raise ValueError(f"cameras: {where}{problem}")
-
-
-def topic_problem(node: Node, name: str) -> str:
-    """Why ``name`` (relative, ``~`` allowed) cannot be a topic of ``node``; "" if it can."""
-    namespace = node.get_namespace().rstrip("/")
-    full = f"{namespace}/{node.get_name()}{name[1:]}" if name.startswith("~") else name
-    if not full.startswith("/"):
-        full = f"{namespace}/{full}"
-    if len(full) > MAX_TOPIC_LENGTH:  # rcl's own message would not say by how much
-        shown = full if len(full) <= 80 else f"{full[:40]}...{full[-30:]}"
-        return (
-            f"topic {shown} has {len(full)} characters, over the {MAX_TOPIC_LENGTH} the rmw accepts"
-        )
-    try:
-        node.resolve_topic_name(name)
-    except Exception as exc:  # rclpy raises RCLError / InvalidTopicNameException
-        reason = str(exc).split(",")[0].split(":", 1)[-1].strip()
-        return f"topic {name!r} is not a valid topic name here ({reason})"
-    return ""
-
-
-def class_topic_problems(
-    node: Node,
-    cameras: list[str],
-    vocabulary: Vocabulary,
-    confidence: list[str],
-    masks: list[str] = (),
-) -> list[str]:
-    """Why the ``~/[<camera>/]confidence/<class>`` topics of ``confidence`` and the
-    ``~/[<camera>/]mask/<class>`` topics of ``masks`` cannot all be created (one line per bad
-    topic; [] when every camera can have every one)."""
-    topics, _ = per_class_topics(vocabulary, confidence, masks)
-    problems = []
-    for key in cameras:
-        prefix = f"{key}/" if key else ""
-        problems += [p for s in topics if (p := topic_problem(node, f"~/{prefix}{s}"))]
-    return problems
-
-
 def check_budget(
     node: Node, config: SegmenterConfig, classes: list[str], temporal_alpha: float | None = None
 ) -> None:
@@ -464,27 +397,6 @@ def check_budget(
         float(value(node, "max_frame_memory_mb")),
         {MEMORY_TERM: MEMORY_CLASS_MAPS} if temporal_alpha > 0 else None,
     )
-
-
-MAX_TOPIC_LENGTH = 247  # rmw: RMW_TOPIC_MAX_NAME_LENGTH = 255 - 8 (the DDS prefix and suffix)
-
-
-def camera_names(names: Any) -> list[str]:
-    """The ``cameras`` parameter as a list; ``ValueError`` for a blank, repeated or invalid
-    name (not a ROS name token, e.g. ``front/left``, ``2nd``, ``a__b``)."""
-    names = list(names or [])
-    for name in names:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"cameras: empty camera name in {names!r}")
-        if not is_name_token(name):
-            raise ValueError(
-                f"cameras: {name!r} is not a ROS name token (letters, digits and single "
-                "underscores, not starting with a digit)"
-            )
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"cameras: repeated camera names {repeated}")
-    return names
 
 
 def engine_values(node: Node) -> dict[str, Any]:
@@ -516,7 +428,7 @@ def read_settings(node: Node) -> NodeSettings:
     classes = list(value(node, "classes") or [])
     parse_entries(classes)
     cameras = camera_names(value(node, "cameras")) or [""]
-    check_camera_topics(node, cameras)
+    check_camera_topics(node, cameras, objects=bool(value(node, "objects")))
     check_budget(node, config, classes)
     return NodeSettings(
         config=config,
@@ -534,103 +446,6 @@ def read_settings(node: Node) -> NodeSettings:
     )
 
 
-@dataclass
-class Change:
-    """An accepted set-parameters request, split by what applies it."""
-
-    classes: list[str] | None = None
-    confidence: list[str] | None = None
-    masks: list[str] | None = None
-    overlay_alpha: float | None = None
-    knobs: dict[str, Any] | None = None
-    points: PointsSettings | None = None  # new cloud settings, when any of them changed
-    temporal: TemporalSettings | None = None  # new fusion settings, when any of them changed
-
-
-def check_request(
-    node: Node, parameters: list[Parameter], cameras: list[str]
-) -> tuple[SetParametersResult, Change]:
-    """Validate a set-parameters request in full before anything applies it: the values
-    (:func:`check_change`), the cloud parameters, the frame memory budget, and that the
-    per-class topics of every camera in ``cameras`` can be created. Refused with the reason
-    of the first problem, so a change applies to every camera or to none."""
-    result, change = check_change(parameters, engine_values(node))
-    if result.successful:
-        result, change.points = check_points_change(node, parameters)
-    if result.successful:
-        result, change.temporal = check_temporal_change(node, parameters)
-    if not result.successful:
-        return result, change
-    classes = change.classes if change.classes is not None else value(node, "classes") or []
-    if change.knobs or change.classes is not None or change.temporal is not None:
-        config = SegmenterConfig.from_dict({**engine_values(node), **(change.knobs or {})})
-        alpha = change.temporal.alpha if change.temporal is not None else None
-        try:
-            check_budget(node, config, list(classes), alpha)
-        except ValueError as exc:
-            return _refused(str(exc)), change
-    if cameras and any(v is not None for v in (change.classes, change.confidence, change.masks)):
-        confidence, masks = change.confidence, change.masks
-        if confidence is None:
-            confidence = string_list(value(node, "confidence_classes"), "confidence_classes")
-        if masks is None:
-            masks = string_list(value(node, "mask_classes"), "mask_classes")
-        vocabulary = build_vocabulary(classes, 0)
-        problems = class_topic_problems(node, cameras, vocabulary, confidence, masks)
-        if problems:
-            which = "mask_classes" if f"/{MASK}/" in problems[0] else "confidence_classes"
-            return _refused(f"{which}: {problems[0]}"), change
-    return result, change
-
-
-def check_change(
-    parameters: list[Parameter], current_engine: dict[str, Any]
-) -> tuple[SetParametersResult, Change]:
-    """Validate a set-parameters request; the result is refused with a reason if invalid.
-
-    Types, ranges and read-only are enforced by rclpy from the descriptors; this checks what
-    they cannot express (vocabulary rules, engine cross-field rules).
-    """
-    change = Change(knobs={})
-    engine_fields = set(current_engine)
-    node_specs = {spec.name: spec for spec in NODE_SPECS}
-    for param in parameters:
-        name, new = param.name, param.value
-        if name in node_specs and new is not None:
-            spec = node_specs[name]
-            try:  # ranges, list lengths, NaN / inf: rclpy's descriptors do not cover them all
-                spec.check(list(new) if spec.type == list[str] else new)
-            except (ValueError, TypeError) as exc:
-                return _refused(str(exc)), change
-        if name == "classes":
-            if param.type_ != Parameter.Type.STRING_ARRAY:
-                return _refused("classes must be a non-empty list of strings"), change
-            try:
-                parse_entries(list(new))
-            except ValueError as exc:
-                return _refused(f"classes: {exc}"), change
-            change.classes = list(new)
-        elif name in ("confidence_classes", "mask_classes"):
-            if param.type_ not in (Parameter.Type.STRING_ARRAY, Parameter.Type.NOT_SET):
-                return _refused(f"{name} must be a list of strings"), change
-            if name == "mask_classes":
-                change.masks = string_list(new, name)
-            else:
-                change.confidence = string_list(new, name)
-        elif name == "publish_overlay_alpha":
-            if not 0.0 <= float(new) <= 1.0:
-                return _refused("publish_overlay_alpha must be in [0, 1]"), change
-            change.overlay_alpha = float(new)
-        elif name in engine_fields:
-            change.knobs[name] = new
-    if change.knobs:
-        try:
-            SegmenterConfig.from_dict({**current_engine, **change.knobs})
-        except (ValueError, TypeError) as exc:
-            return _refused(str(exc)), change
-    return SetParametersResult(successful=True), change
-
-
 def points_settings(node: Node, changed: dict[str, Any] | None = None) -> PointsSettings:
     """The depth side's parameters (with ``changed`` values applied); ``ValueError`` if
     invalid, or when ``objects`` is on without ``depth``."""
@@ -639,24 +454,6 @@ def points_settings(node: Node, changed: dict[str, Any] | None = None) -> Points
     if settings.objects.enabled and not value(node, "depth"):
         raise ValueError("objects: true needs depth: true (objects are found in the depth image)")
     return settings
-
-
-def check_points_change(
-    node: Node, parameters: list[Parameter]
-) -> tuple[SetParametersResult, PointsSettings | None]:
-    """Validate a runtime change of the cloud parameters against the current values.
-
-    ``(accepted, new settings)``; settings None when the request changes none of them.
-    """
-
-    def settings(changed: dict[str, Any]) -> PointsSettings:
-        new = points_settings(node, changed)
-        if new.objects.enabled and not value(node, "objects"):  # the topics are new
-            cameras = camera_names(value(node, "cameras")) or [""]
-            check_camera_topics(node, cameras, objects=True)
-        return new
-
-    return _check_group(parameters, POINTS_PARAMETERS, settings)
 
 
 TEMPORAL_PARAMETERS = {"temporal_alpha": "alpha", "temporal_reset_s": "reset_s"}
@@ -677,32 +474,3 @@ def temporal_settings(node: Node, changed: dict[str, Any] | None = None) -> Temp
     if problem:
         raise ValueError(f"temporal_alpha {settings.alpha:g}: {problem}")
     return settings
-
-
-def check_temporal_change(
-    node: Node, parameters: list[Parameter]
-) -> tuple[SetParametersResult, TemporalSettings | None]:
-    """Validate a runtime change of the fusion parameters against the current values.
-
-    ``(accepted, new settings)``; settings None when the request changes none of them.
-    """
-    return _check_group(parameters, TEMPORAL_PARAMETERS, partial(temporal_settings, node))
-
-
-def _check_group(
-    parameters: list[Parameter], names: Container[str], settings: Callable[[dict[str, Any]], T]
-) -> tuple[SetParametersResult, T | None]:
-    """``(accepted, settings(changed values))`` for the request's parameters in ``names``;
-    ``(accepted, None)`` when it changes none of them, refused with the ``ValueError``'s
-    reason."""
-    changed = {p.name: p.value for p in parameters if p.name in names}
-    if not changed:
-        return SetParametersResult(successful=True), None
-    try:
-        return SetParametersResult(successful=True), settings(changed)
-    except ValueError as exc:
-        return _refused(str(exc)), None
-
-
-def _refused(reason: str) -> SetParametersResult:
-    return SetParametersResult(successful=False, reason=reason)

@@ -37,7 +37,7 @@ def reduce_scores(
         labels ``[H, W]`` long, confidence ``[H, W]`` (the label's probability) and
         probabilities ``[C, H, W]``.
     """
-    scores = clean_scores(scores.clone())
+    scores = clean_scores(scores.to(torch.float32, copy=True))  # one copy, any dtype
     probs = torch.softmax(logit_scale * scores, dim=0)
     if num_entries != probs.shape[0]:
         index = query_to_entry.view(-1, 1, 1).expand_as(probs)
@@ -266,7 +266,7 @@ def query_probabilities(scores: torch.Tensor, logit_scale: float = 40.0) -> torc
     """``[Q, h, w]`` scores -> ``[Q, h, w]`` float32 ``softmax(logit_scale * scores)`` over
     queries: the distribution the reduction (``reduce_scores``, ``reduce_upsampled``) reads,
     NaN / inf cleaned as there."""
-    scores = clean_scores(scores.clone())
+    scores = clean_scores(scores.to(torch.float32, copy=True))  # one copy, any dtype
     return torch.softmax(scores.mul_(logit_scale), dim=0)
 
 
